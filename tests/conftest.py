@@ -1,0 +1,105 @@
+"""Shared fixtures: a migrated registry on SQLite (always) and PostgreSQL (when configured).
+
+``VITMED_TEST_DATABASE_URL`` names a PostgreSQL database that tests may wipe;
+CI sets it.  Without it the PostgreSQL variants skip, naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from vitmed_cli.registry.db import Registry, create_registry_engine, upgrade
+from vitmed_cli.registry.models import Base
+
+PG_ENV = "VITMED_TEST_DATABASE_URL"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_workspace(tmp_path_factory, monkeypatch):
+    """Every test gets its own VITMED_HOME and no inherited registry URL."""
+    home = tmp_path_factory.mktemp("vitmed_home")
+    monkeypatch.setenv("VITMED_HOME", str(home))
+    monkeypatch.delenv("VITMED_DB_URL", raising=False)
+    monkeypatch.delenv("VITMED_DEBUG", raising=False)
+    return home
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+def _fresh_pg_schema_url(base_url: str) -> tuple[str, str]:
+    """A private schema in the test database, so parallel tests never collide."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_registry_engine(base_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    sep = "&" if "?" in base_url else "?"
+    return f"{base_url}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def _drop_pg_schema(base_url: str, schema: str) -> None:
+    engine = create_registry_engine(base_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path) -> str:
+    """A registry URL on each backend, migrated to head."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        engine = create_registry_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it; .ci/run starts a server)")
+    url, schema = _fresh_pg_schema_url(base)
+    engine = create_registry_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    _drop_pg_schema(base, schema)
+
+
+@pytest.fixture
+def make_registry(tmp_path):
+    """Factory: ``make_registry(url=None)`` opens a migrated registry (SQLite in tmp_path by default)."""
+    opened: list[Registry] = []
+
+    def _make(url: str | None = None) -> Registry:
+        url = url or f"sqlite:///{tmp_path / 'registry.db'}"
+        engine = create_registry_engine(url)
+        upgrade(engine)
+        reg = Registry(engine)
+        opened.append(reg)
+        return reg
+
+    yield _make
+    for reg in opened:
+        reg.dispose()
+
+
+@pytest.fixture
+def registry(make_registry) -> Registry:
+    """A migrated SQLite registry in tmp_path."""
+    return make_registry()
+
+
+@pytest.fixture
+def any_registry(registry_url, make_registry) -> Registry:
+    """A migrated registry on SQLite and on PostgreSQL (when configured)."""
+    return make_registry(registry_url)
+
+
+__all__ = ["Base"]

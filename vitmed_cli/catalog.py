@@ -1,0 +1,316 @@
+"""Read and delete what the registry holds: datasets, runs, checkpoints, evaluations.
+
+Every function takes an open :class:`~vitmed_cli.registry.db.Registry` and
+returns plain dicts, ready for a table or JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from .errors import NotFound, RefusedError
+from .registry.db import Registry
+from .registry.models import (
+    Checkpoint,
+    Comparison,
+    Dataset,
+    Evaluation,
+    EvaluationMetric,
+    Finding,
+    Image,
+    Label,
+    Run,
+    Split,
+    SplitAssignment,
+)
+
+
+def get_dataset(session, name: str) -> Dataset:
+    ds = session.scalar(select(Dataset).where(Dataset.name == name))
+    if ds is None:
+        known = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
+        hint = f"known: {', '.join(known)}" if known else "none is registered yet - run vitmed ingest first"
+        raise NotFound(f"unknown dataset {name!r} ({hint})")
+    return ds
+
+
+def get_split(session, dataset: Dataset, name: str | None) -> Split:
+    """The named split of ``dataset``; without a name, its only or newest split."""
+    q = select(Split).where(Split.dataset_id == dataset.id)
+    if name is not None:
+        sp = session.scalar(q.where(Split.name == name))
+        if sp is None:
+            known = session.scalars(select(Split.name).where(Split.dataset_id == dataset.id)).all()
+            hint = f"known: {', '.join(known)}" if known else f"run: vitmed split {dataset.name}"
+            raise NotFound(f"dataset {dataset.name!r} has no split {name!r} ({hint})")
+        return sp
+    sp = session.scalar(q.order_by(Split.created_at.desc(), Split.id.desc()))
+    if sp is None:
+        raise NotFound(
+            f"dataset {dataset.name!r} has no split yet - run: vitmed split {dataset.name}"
+        )
+    return sp
+
+
+def get_run(session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run with id {run_id} - see vitmed runs list")
+    return run
+
+
+def get_evaluation(session, evaluation_id: int) -> Evaluation:
+    ev = session.get(Evaluation, evaluation_id)
+    if ev is None:
+        raise NotFound(f"no evaluation with id {evaluation_id} - see vitmed evals list")
+    return ev
+
+
+def list_datasets(registry: Registry) -> list[dict[str, Any]]:
+    with registry.session() as s:
+        counts = dict(
+            s.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all()
+        )
+        out = []
+        for ds in s.scalars(select(Dataset).order_by(Dataset.id)):
+            out.append(
+                {
+                    "id": ds.id,
+                    "name": ds.name,
+                    "format": ds.format,
+                    "n_images": counts.get(ds.id, 0),
+                    "n_findings": len(ds.findings),
+                    "image_size": ds.image_size,
+                    "splits": [sp.name for sp in ds.splits],
+                    "source_path": ds.source_path,
+                    "created_at": ds.created_at,
+                }
+            )
+        return out
+
+
+def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
+    """Counts of images, patients, unreadable files and labels per finding and split part."""
+    with registry.session() as s:
+        ds = get_dataset(s, name)
+        n_images = s.scalar(select(func.count()).where(Image.dataset_id == ds.id))
+        n_unreadable = s.scalar(
+            select(func.count()).where(Image.dataset_id == ds.id, Image.readable.is_(False))
+        )
+        n_patients = (
+            s.scalar(
+                select(func.count(func.distinct(Image.patient_id))).where(
+                    Image.dataset_id == ds.id, Image.patient_id.is_not(None)
+                )
+            )
+            if ds.has_patient_ids
+            else None
+        )
+        views = dict(
+            s.execute(
+                select(Image.view, func.count()).where(Image.dataset_id == ds.id).group_by(Image.view)
+            ).all()
+        )
+        label_counts = s.execute(
+            select(Finding.canonical, Label.value, func.count())
+            .join(Label, Label.finding_id == Finding.id)
+            .where(Finding.dataset_id == ds.id)
+            .group_by(Finding.canonical, Label.value)
+        ).all()
+        names = {1: "positive", 0: "negative", -1: "uncertain"}
+        findings: dict[str, dict[str, Any]] = {
+            f.canonical: {"native": f.native, "positive": 0, "negative": 0, "uncertain": 0}
+            for f in ds.findings
+        }
+        for canonical, value, count in label_counts:
+            findings[canonical][names[value]] = count
+        splits = []
+        for sp in ds.splits:
+            parts = dict(
+                s.execute(
+                    select(SplitAssignment.part, func.count())
+                    .where(SplitAssignment.split_id == sp.id)
+                    .group_by(SplitAssignment.part)
+                ).all()
+            )
+            pos = s.execute(
+                select(Finding.canonical, SplitAssignment.part, func.count())
+                .join(Label, Label.finding_id == Finding.id)
+                .join(
+                    SplitAssignment,
+                    (SplitAssignment.image_id == Label.image_id) & (SplitAssignment.split_id == sp.id),
+                )
+                .where(Finding.dataset_id == ds.id, Label.value == 1)
+                .group_by(Finding.canonical, SplitAssignment.part)
+            ).all()
+            for canonical, part, count in pos:
+                findings[canonical].setdefault("positive_by_part", {}).setdefault(sp.name, {})[part] = count
+            splits.append({"name": sp.name, "method": sp.method, "seed": sp.seed, "parts": parts})
+        return {
+            "id": ds.id,
+            "name": ds.name,
+            "format": ds.format,
+            "source_path": ds.source_path,
+            "image_size": ds.image_size,
+            "cache_path": ds.cache_path,
+            "has_patient_ids": ds.has_patient_ids,
+            "label_policy": ds.label_policy,
+            "notes": ds.notes,
+            "n_images": n_images,
+            "n_patients": n_patients,
+            "n_unreadable": n_unreadable,
+            "views": views,
+            "findings": findings,
+            "splits": splits,
+            "created_at": ds.created_at,
+        }
+
+
+def delete_dataset(registry: Registry, name: str) -> dict[str, Any]:
+    """Delete a dataset with its images, labels and splits; refused while runs or evaluations use it."""
+    with registry.session() as s:
+        ds = get_dataset(s, name)
+        n_runs = s.scalar(select(func.count()).where(Run.dataset_id == ds.id))
+        n_evals = s.scalar(select(func.count()).where(Evaluation.dataset_id == ds.id))
+        n_cmp = s.scalar(select(func.count()).where(Comparison.dataset_id == ds.id))
+        if n_runs or n_evals or n_cmp:
+            raise RefusedError(
+                f"dataset {name!r} is used by {n_runs} run(s) and {n_evals} evaluation(s) - "
+                "delete those first (vitmed runs delete ID, vitmed evals delete ID)"
+            )
+        n_images = s.scalar(select(func.count()).where(Image.dataset_id == ds.id))
+        s.delete(ds)
+        return {"id": ds.id, "name": name, "deleted_images": n_images}
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "dataset": run.dataset.name,
+        "split": run.split.name,
+        "init": run.init_name,
+        "arch": run.arch,
+        "image_size": run.image_size,
+        "seed": run.seed,
+        "status": run.status,
+        "epochs_done": run.epochs_done,
+        "epochs_planned": run.epochs_planned,
+        "best_epoch": run.best_epoch,
+        "best_val_macro_auc": run.best_val_macro_auc,
+        "started_at": run.started_at,
+        "ended_at": run.ended_at,
+    }
+
+
+def list_runs(registry: Registry, dataset: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    with registry.session() as s:
+        q = select(Run).order_by(Run.id)
+        if dataset is not None:
+            q = q.where(Run.dataset_id == get_dataset(s, dataset).id)
+        if status is not None:
+            q = q.where(Run.status == status)
+        return [_run_row(r) for r in s.scalars(q)]
+
+
+def run_detail(registry: Registry, run_id: int) -> dict[str, Any]:
+    with registry.session() as s:
+        run = get_run(s, run_id)
+        out = run.to_dict()
+        out.update(_run_row(run))
+        out["init_checkpoint"] = run.init_checkpoint.to_dict() if run.init_checkpoint else None
+        out["checkpoints"] = [c.to_dict() for c in run.checkpoints]
+        out["epochs"] = [m.to_dict() for m in run.epochs]
+        return out
+
+
+def delete_run(registry: Registry, run_id: int) -> dict[str, Any]:
+    """Delete a run with its metrics, checkpoints and evaluations (refused while another run starts from it)."""
+    with registry.session() as s:
+        run = get_run(s, run_id)
+        ckpt_ids = [c.id for c in run.checkpoints]
+        if ckpt_ids:
+            users = s.scalars(
+                select(Run.id).where(Run.init_checkpoint_id.in_(ckpt_ids), Run.id != run_id)
+            ).all()
+            if users:
+                raise RefusedError(
+                    f"run {run_id} cannot be deleted: run(s) {', '.join(map(str, users))} start "
+                    "from its weights - delete those runs first"
+                )
+        s.delete(run)
+        return {"id": run_id, "deleted": True}
+
+
+def list_checkpoints(registry: Registry, role: str | None = None) -> list[dict[str, Any]]:
+    with registry.session() as s:
+        q = select(Checkpoint).order_by(Checkpoint.id)
+        if role is not None:
+            q = q.where(Checkpoint.role == role)
+        return [
+            {
+                "id": c.id,
+                "name": c.name,
+                "init": c.init,
+                "arch": c.arch,
+                "role": c.role,
+                "source": c.source,
+                "run_id": c.run_id,
+                "n_params": c.n_params,
+                "sha256": c.sha256,
+                "path": c.path,
+                "created_at": c.created_at,
+            }
+            for c in s.scalars(q)
+        ]
+
+
+def _eval_row(ev: Evaluation) -> dict[str, Any]:
+    return {
+        "id": ev.id,
+        "name": ev.name,
+        "source": ev.source,
+        "run_id": ev.run_id,
+        "init": ev.init_name,
+        "dataset": ev.dataset.name,
+        "split": ev.split.name if ev.split else None,
+        "part": ev.part,
+        "n_images": ev.n_images,
+        "macro_auc": ev.macro_auc,
+        "created_at": ev.created_at,
+    }
+
+
+def list_evaluations(registry: Registry, dataset: str | None = None) -> list[dict[str, Any]]:
+    with registry.session() as s:
+        q = select(Evaluation).order_by(Evaluation.id)
+        if dataset is not None:
+            q = q.where(Evaluation.dataset_id == get_dataset(s, dataset).id)
+        return [_eval_row(e) for e in s.scalars(q)]
+
+
+def evaluation_detail(registry: Registry, evaluation_id: int) -> dict[str, Any]:
+    with registry.session() as s:
+        ev = get_evaluation(s, evaluation_id)
+        out = _eval_row(ev)
+        out["skipped_findings"] = ev.skipped_findings
+        out["uncertain_policy"] = ev.uncertain_policy
+        out["config"] = ev.config
+        metrics = s.scalars(
+            select(EvaluationMetric)
+            .where(EvaluationMetric.evaluation_id == ev.id)
+            .order_by(EvaluationMetric.finding)
+        ).all()
+        out["auc"] = {m.finding: m.auc for m in metrics}
+        out["metrics"] = [
+            {k: v for k, v in m.to_dict().items() if k not in {"id", "evaluation_id"}} for m in metrics
+        ]
+        return out
+
+
+def delete_evaluation(registry: Registry, evaluation_id: int) -> dict[str, Any]:
+    with registry.session() as s:
+        ev = get_evaluation(s, evaluation_id)
+        s.delete(ev)
+        return {"id": evaluation_id, "deleted": True}

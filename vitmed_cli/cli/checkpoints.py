@@ -1,0 +1,30 @@
+"""``vitmed checkpoints``: registered weights."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import catalog
+from ._common import JsonOpt, print_json, print_table, state, want_json
+
+app = typer.Typer(help="Registered weights: initialisations and run checkpoints.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    role: Annotated[Optional[str], typer.Option(help="Only this role: init, best, last.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List checkpoints with their architecture, source and sha256.
+
+    Example: vitmed checkpoints list --json
+    """
+    rows = catalog.list_checkpoints(state(ctx).registry(), role=role)
+    if want_json(ctx, json_out):
+        print_json(rows)
+    else:
+        print_table(rows, ["id", "name", "init", "arch", "role", "source", "run_id", "n_params", "sha256"],
+                    title="checkpoints", empty="no checkpoints yet - run vitmed pretrain-load")

@@ -1,0 +1,83 @@
+"""``vitmed datasets``: what has been ingested."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import catalog
+from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
+
+app = typer.Typer(help="Ingested datasets: list, show, export, delete.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """List registered datasets with their image counts.
+
+    Example: vitmed datasets list --json
+    """
+    rows = catalog.list_datasets(state(ctx).registry())
+    if want_json(ctx, json_out):
+        print_json(rows)
+    else:
+        print_table(rows, ["id", "name", "format", "n_images", "n_findings", "image_size", "splits"],
+                    title="datasets", empty="no datasets yet - run vitmed ingest")
+
+
+@app.command("show")
+def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
+    """Show one dataset: images, patients, unreadable files, label counts per finding and split.
+
+    Example: vitmed datasets show vindr --json
+    """
+    info = catalog.dataset_summary(state(ctx).registry(), name)
+    if want_json(ctx, json_out):
+        print_json(info)
+        return
+    findings = info.pop("findings")
+    print_record({k: v for k, v in info.items() if k != "splits"}, title=f"dataset {name}")
+    for sp in info["splits"]:
+        console.print(f"split [bold]{sp['name']}[/bold] ({sp['method']}, seed {sp['seed']}): {sp['parts']}")
+    print_table(
+        [{"finding": k, **v} for k, v in findings.items()],
+        ["finding", "native", "positive", "negative", "uncertain"],
+        title="findings",
+    )
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    name: str,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write CSV here instead of stdout.")] = None,
+) -> None:
+    """Write a dataset's labels as CSV: image key, patient, view, one column per finding (1, 0, -1, blank).
+
+    Example: vitmed datasets export vindr --out vindr_labels.csv
+    """
+    from ..datasets import export_labels
+
+    export_labels(state(ctx).registry(), name, out)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete a dataset with its images, labels and splits (refused while runs use it).
+
+    Example: vitmed datasets delete old-copy --yes
+    """
+    if not yes:
+        typer.confirm(f"delete dataset {name!r} and all its images, labels and splits?", abort=True)
+    out = catalog.delete_dataset(state(ctx).registry(), name)
+    if want_json(ctx, json_out):
+        print_json(out)
+    else:
+        console.print(f"deleted dataset {name} ({out['deleted_images']} images)")

@@ -1,0 +1,69 @@
+"""``vitmed evals``: stored evaluations (predictions of a model on a dataset part)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import catalog
+from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
+
+app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
+                  no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    dataset: Annotated[Optional[str], typer.Option(help="Only evaluations on this dataset.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List evaluations with their run, dataset, split part and macro AUC.
+
+    Example: vitmed evals list --dataset vindr
+    """
+    rows = catalog.list_evaluations(state(ctx).registry(), dataset=dataset)
+    if want_json(ctx, json_out):
+        print_json(rows)
+    else:
+        print_table(rows, ["id", "name", "source", "run_id", "init", "dataset", "split", "part",
+                           "n_images", "macro_auc"],
+                    title="evaluations", empty="no evaluations yet - run vitmed predict or vitmed evals import")
+
+
+@app.command("show")
+def show(ctx: typer.Context, evaluation_id: int, json_out: JsonOpt = False) -> None:
+    """Show one evaluation with its per-finding AUC, sensitivity, specificity and accuracy.
+
+    Example: vitmed evals show 2 --json
+    """
+    info = catalog.evaluation_detail(state(ctx).registry(), evaluation_id)
+    if want_json(ctx, json_out):
+        print_json(info)
+        return
+    metrics = info.pop("metrics")
+    info.pop("auc")
+    print_record(info, title=f"evaluation {evaluation_id}")
+    print_table(metrics, ["finding", "auc", "threshold", "sensitivity", "specificity", "accuracy",
+                          "n_positive", "n_negative"], title="per finding")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    evaluation_id: int,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete an evaluation with its predictions and the comparisons that use it.
+
+    Example: vitmed evals delete 2 --yes
+    """
+    if not yes:
+        typer.confirm(f"delete evaluation {evaluation_id} and its predictions?", abort=True)
+    out = catalog.delete_evaluation(state(ctx).registry(), evaluation_id)
+    if want_json(ctx, json_out):
+        print_json(out)
+    else:
+        console.print(f"deleted evaluation {evaluation_id}")

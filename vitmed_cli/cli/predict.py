@@ -1,0 +1,12 @@
+"""`vitmed predict`: not provided by this version yet."""
+
+from __future__ import annotations
+
+import typer
+
+from ..errors import NotAvailableYet
+
+
+def predict(ctx: typer.Context) -> None:
+    """Not available yet in this version of vitmed."""
+    raise NotAvailableYet("vitmed predict is not available yet in this version")

@@ -1,0 +1,12 @@
+"""`vitmed report`: not provided by this version yet."""
+
+from __future__ import annotations
+
+import typer
+
+from ..errors import NotAvailableYet
+
+
+def report(ctx: typer.Context) -> None:
+    """Not available yet in this version of vitmed."""
+    raise NotAvailableYet("vitmed report is not available yet in this version")

@@ -1,0 +1,73 @@
+"""``vitmed runs``: fine-tuning runs and their metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import catalog
+from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
+
+app = typer.Typer(help="Fine-tuning runs: list, show, delete.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    dataset: Annotated[Optional[str], typer.Option(help="Only runs on this dataset.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only runs with this status.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List runs with their status and best validation AUC.
+
+    Example: vitmed runs list --dataset vindr
+    """
+    rows = catalog.list_runs(state(ctx).registry(), dataset=dataset, status=status)
+    if want_json(ctx, json_out):
+        print_json(rows)
+    else:
+        print_table(
+            rows,
+            ["id", "dataset", "split", "init", "arch", "seed", "status",
+             ("epochs_done", "epochs"), ("best_val_macro_auc", "best val AUC")],
+            title="runs", empty="no runs yet - run vitmed finetune",
+        )
+
+
+@app.command("show")
+def show(ctx: typer.Context, run_id: int, json_out: JsonOpt = False) -> None:
+    """Show one run: configuration, provenance, checkpoints and per-epoch metrics.
+
+    Example: vitmed runs show 3 --json
+    """
+    info = catalog.run_detail(state(ctx).registry(), run_id)
+    if want_json(ctx, json_out):
+        print_json(info)
+        return
+    epochs = info.pop("epochs")
+    ckpts = info.pop("checkpoints")
+    info.pop("init_checkpoint")
+    print_record(info, title=f"run {run_id}")
+    print_table(epochs, ["epoch", "train_loss", "val_loss", "val_macro_auc", "seconds"], title="epochs")
+    print_table(ckpts, ["id", "role", "epoch", "sha256", "path"], title="checkpoints")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    run_id: int,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete a run with its metrics, checkpoints and evaluations.
+
+    Example: vitmed runs delete 3 --yes
+    """
+    if not yes:
+        typer.confirm(f"delete run {run_id} with its metrics, checkpoints and evaluations?", abort=True)
+    out = catalog.delete_run(state(ctx).registry(), run_id)
+    if want_json(ctx, json_out):
+        print_json(out)
+    else:
+        console.print(f"deleted run {run_id}")

@@ -1,0 +1,12 @@
+"""`vitmed split`: not provided by this version yet."""
+
+from __future__ import annotations
+
+import typer
+
+from ..errors import NotAvailableYet
+
+
+def split(ctx: typer.Context) -> None:
+    """Not available yet in this version of vitmed."""
+    raise NotAvailableYet("vitmed split is not available yet in this version")
