@@ -1,0 +1,256 @@
+"""The registry: migrations, round trips on SQLite and PostgreSQL, cascades, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select, text
+
+from vitmed_cli import catalog
+from vitmed_cli.errors import NotFound, RefusedError, SchemaError
+from vitmed_cli.registry import db as regdb
+from vitmed_cli.registry.models import (
+    Base,
+    Checkpoint,
+    Comparison,
+    ComparisonResult,
+    Dataset,
+    EpochMetric,
+    Evaluation,
+    Finding,
+    Image,
+    Label,
+    Prediction,
+    Run,
+    Split,
+    SplitAssignment,
+)
+
+
+def _populate(reg) -> dict[str, int]:
+    """One dataset with two images, a split, a run, an evaluation and a comparison."""
+    with reg.session() as s:
+        ds = Dataset(name="toy", format="csv", source_path="/data/toy", image_size=32)
+        s.add(ds)
+        s.flush()
+        f1 = Finding(dataset_id=ds.id, canonical="Cardiomegaly", native="cardiomegaly", position=0)
+        f2 = Finding(dataset_id=ds.id, canonical="Pleural Effusion", native="Effusion", position=1)
+        imgs = [
+            Image(dataset_id=ds.id, key=f"img{i}", patient_id=f"p{i}", view="frontal",
+                  source_path=f"/data/toy/img{i}.png", readable=True, cache_index=i)
+            for i in range(2)
+        ]
+        s.add_all([f1, f2, *imgs])
+        s.flush()
+        s.add_all([
+            Label(image_id=imgs[0].id, finding_id=f1.id, value=1),
+            Label(image_id=imgs[1].id, finding_id=f1.id, value=0),
+            Label(image_id=imgs[1].id, finding_id=f2.id, value=-1),
+        ])
+        sp = Split(dataset_id=ds.id, name="s0", method="patient", seed=0)
+        s.add(sp)
+        s.flush()
+        s.add_all([
+            SplitAssignment(split_id=sp.id, image_id=imgs[0].id, part="train"),
+            SplitAssignment(split_id=sp.id, image_id=imgs[1].id, part="test"),
+        ])
+        init = Checkpoint(name="dino", init="dinov2", arch="vit_small_patch14_dinov2",
+                          sha256="a" * 64, source="file", path="/w/dino.pth")
+        s.add(init)
+        s.flush()
+        run = Run(dataset_id=ds.id, split_id=sp.id, init_checkpoint_id=init.id, init_name="dinov2",
+                  init_sha256=init.sha256, arch=init.arch, image_size=32, seed=0, epochs_planned=2,
+                  config={"lr": 1e-5}, findings=["Cardiomegaly", "Pleural Effusion"])
+        s.add(run)
+        s.flush()
+        s.add(EpochMetric(run_id=run.id, epoch=1, train_loss=0.5, val_macro_auc=0.7,
+                          val_auc={"Cardiomegaly": 0.7}))
+        best = Checkpoint(name="run-best", init="run", arch=init.arch, sha256="b" * 64,
+                          source="run", role="best", run_id=run.id, epoch=1)
+        s.add(best)
+        ev_a = Evaluation(name="a", source="predict", run_id=run.id, dataset_id=ds.id,
+                          split_id=sp.id, part="test", init_name="dinov2", n_images=1)
+        ev_b = Evaluation(name="b", source="import", dataset_id=ds.id, split_id=sp.id,
+                          part="test", init_name="other", n_images=1)
+        s.add_all([ev_a, ev_b])
+        s.flush()
+        s.add_all([
+            Prediction(evaluation_id=ev_a.id, image_id=imgs[1].id, finding_id=f1.id,
+                       probability=0.25, label=0),
+            Prediction(evaluation_id=ev_b.id, image_id=imgs[1].id, finding_id=f1.id,
+                       probability=0.75, label=0),
+        ])
+        cmp = Comparison(dataset_id=ds.id, evaluation_a_id=ev_a.id, evaluation_b_id=ev_b.id,
+                         label_a="dinov2", label_b="other", n_images=1, n_resamples=10, seed=0)
+        s.add(cmp)
+        s.flush()
+        s.add(ComparisonResult(comparison_id=cmp.id, finding="__macro__", diff=0.1, p_value=0.5))
+        return {"dataset": ds.id, "run": run.id, "eval_a": ev_a.id, "eval_b": ev_b.id,
+                "comparison": cmp.id, "init": init.id}
+
+
+def _count(reg, model) -> int:
+    with reg.session() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def test_round_trip_and_listing(any_registry):
+    ids = _populate(any_registry)
+    runs = catalog.list_runs(any_registry)
+    assert [r["id"] for r in runs] == [ids["run"]]
+    assert runs[0]["init"] == "dinov2" and runs[0]["status"] == "running"
+    detail = catalog.run_detail(any_registry, ids["run"])
+    assert detail["config"] == {"lr": 1e-5}
+    assert detail["init_checkpoint"]["sha256"] == "a" * 64
+    assert detail["epochs"][0]["val_auc"] == {"Cardiomegaly": 0.7}
+    summary = catalog.dataset_summary(any_registry, "toy")
+    assert summary["n_images"] == 2 and summary["n_patients"] == 2
+    assert summary["findings"]["Cardiomegaly"]["positive"] == 1
+    assert summary["findings"]["Pleural Effusion"]["uncertain"] == 1
+    assert summary["findings"]["Cardiomegaly"]["positive_by_part"] == {"s0": {"train": 1}}
+
+
+def test_label_values_are_checked(any_registry):
+    ids = _populate(any_registry)
+    with pytest.raises(RefusedError, match="nothing was stored"):
+        with any_registry.session() as s:
+            img = s.scalar(select(Image).where(Image.dataset_id == ids["dataset"]))
+            f = s.scalar(select(Finding).where(Finding.dataset_id == ids["dataset"]))
+            s.add(Label(image_id=img.id, finding_id=f.id + 100, value=7))
+    assert _count(any_registry, Label) == 3
+
+
+def test_delete_dataset_refused_while_runs_use_it(any_registry):
+    _populate(any_registry)
+    with pytest.raises(RefusedError, match="used by 1 run"):
+        catalog.delete_dataset(any_registry, "toy")
+    assert _count(any_registry, Image) == 2
+
+
+def test_delete_run_cascades_then_dataset_deletes(any_registry):
+    ids = _populate(any_registry)
+    catalog.delete_run(any_registry, ids["run"])
+    assert _count(any_registry, Run) == 0
+    assert _count(any_registry, EpochMetric) == 0
+    # the run's own checkpoint and evaluation go with it; the init checkpoint stays
+    assert _count(any_registry, Checkpoint) == 1
+    assert _count(any_registry, Comparison) == 0
+    with any_registry.session() as s:
+        s.execute(text("DELETE FROM evaluations"))
+    out = catalog.delete_dataset(any_registry, "toy")
+    assert out["deleted_images"] == 2
+    for model in (Image, Label, Split, SplitAssignment, Finding, Prediction):
+        assert _count(any_registry, model) == 0, model.__tablename__
+
+
+def test_delete_run_refused_while_another_run_starts_from_it(any_registry):
+    ids = _populate(any_registry)
+    with any_registry.session() as s:
+        best = s.scalar(select(Checkpoint).where(Checkpoint.role == "best"))
+        run = s.get(Run, ids["run"])
+        s.add(Run(dataset_id=run.dataset_id, split_id=run.split_id, init_checkpoint_id=best.id,
+                  init_name=f"run:{run.id}", arch=run.arch, image_size=32, seed=1, epochs_planned=1))
+    with pytest.raises(RefusedError, match="start from its weights"):
+        catalog.delete_run(any_registry, ids["run"])
+    assert _count(any_registry, Run) == 2
+
+
+def test_unknown_names_are_clear(registry):
+    with pytest.raises(NotFound, match="unknown dataset 'nope'.*run vitmed ingest"):
+        catalog.dataset_summary(registry, "nope")
+    with pytest.raises(NotFound, match="no run with id 9"):
+        catalog.run_detail(registry, 9)
+
+
+def test_migration_matches_models(registry_url):
+    """Upgrading an empty database to head gives exactly what the models declare."""
+    engine = regdb.create_registry_engine(registry_url)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(ctx, Base.metadata)
+        assert diff == []
+        assert regdb.current_revision(engine) == regdb.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_first_use_creates_registry_at_head(tmp_path):
+    reg = regdb.open_registry(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        assert regdb.current_revision(reg.engine) == regdb.head_revision()
+        with reg.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == regdb.SQLITE_BUSY_TIMEOUT_MS
+    finally:
+        reg.dispose()
+
+
+def test_newer_registry_is_refused_untouched(tmp_path):
+    url = f"sqlite:///{tmp_path / 'future.db'}"
+    regdb.open_registry(url).dispose()
+    engine = regdb.create_registry_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'ffff_future'"))
+    engine.dispose()
+    with pytest.raises(SchemaError, match="newer than this vitmed.*not touched"):
+        regdb.open_registry(url)
+    engine = regdb.create_registry_engine(url)
+    assert regdb.current_revision(engine) == "ffff_future"
+    engine.dispose()
+
+
+def test_older_registry_names_the_upgrade_command(tmp_path, monkeypatch):
+    """A registry behind the code's head is not touched; the error gives the exact command."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    regdb.open_registry(url).dispose()
+    # Pretend this vitmed ships a revision 0002 on top of the registry's 0001.
+    monkeypatch.setattr(regdb, "head_revision", lambda: "0002")
+    monkeypatch.setattr(regdb, "known_revisions", lambda: {"0001", "0002"})
+    with pytest.raises(SchemaError, match=r"older than this vitmed \(head 0002\).*vitmed --db .* db upgrade"):
+        regdb.open_registry(url)
+    engine = regdb.create_registry_engine(url)
+    assert regdb.current_revision(engine) == "0001"
+    engine.dispose()
+
+
+def test_foreign_database_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    engine = regdb.create_registry_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE customers (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    with pytest.raises(SchemaError, match="no vitmed schema version"):
+        regdb.open_registry(url)
+
+
+def _writer(url: str, worker: int, n: int) -> None:
+    reg = regdb.open_registry(url)
+    try:
+        for i in range(n):
+            with reg.session() as s:
+                ds = s.scalar(select(Dataset).where(Dataset.name == "shared"))
+                s.add(Image(dataset_id=ds.id, key=f"w{worker}-{i}", source_path="x",
+                            view="frontal"))
+    finally:
+        reg.dispose()
+
+
+def test_two_processes_write_one_sqlite_registry(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    reg = regdb.open_registry(url)
+    with reg.session() as s:
+        s.add(Dataset(name="shared", format="csv", source_path="x", image_size=32))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(url, w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert _count(reg, Image) == 80
+    reg.dispose()
