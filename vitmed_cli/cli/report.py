@@ -1,12 +1,68 @@
-"""`vitmed report`: not provided by this version yet."""
+"""``vitmed report``: the study's tables and figures as one HTML page or Markdown file."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from ..errors import NotAvailableYet
+from ._common import JsonOpt, console, err_console, print_json, state, want_json
 
 
-def report(ctx: typer.Context) -> None:
-    """Not available yet in this version of vitmed."""
-    raise NotAvailableYet("vitmed report is not available yet in this version")
+class ReportFormat(str, Enum):
+    html = "html"
+    md = "md"
+
+
+def report(
+    ctx: typer.Context,
+    dataset: Annotated[
+        Optional[list[str]],
+        typer.Option("--dataset", "-d", help="Only this dataset (repeat for several). Default: all."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", dir_okay=False, writable=True,
+                     help="Report file. Default: report.html (or .md) in the workspace reports folder."),
+    ] = None,
+    fmt: Annotated[
+        Optional[ReportFormat],
+        typer.Option("--format", "-f", help="html (one self-contained file) or md (figures as PNG "
+                     "files beside it). Default: from the --out suffix, else html."),
+    ] = None,
+    resamples: Annotated[
+        int, typer.Option("--resamples", min=1, help="Bootstrap resamples for mean ± SD and 95% CI of AUC.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild the study's AUC tables, p-value tables and figures from the registry.
+
+    Example: vitmed report --dataset vindr --out vindr.html
+    """
+    from ..report import create_report
+
+    registry = state(ctx).registry()
+    options = dict(fmt=fmt.value if fmt else None, datasets=dataset, n_resamples=resamples, seed=seed)
+    if not err_console.is_terminal:
+        written = create_report(registry, out, **options)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("report", total=None)
+
+            def progress(label: str, done: int, total: int) -> None:
+                bar.update(task, description=label, completed=done, total=total)
+
+            written = create_report(registry, out, progress=progress, **options)
+    if want_json(ctx, json_out):
+        print_json(written.to_dict())
+        return
+    console.print(
+        f"wrote {written.path} ({written.format}: {len(written.datasets)} dataset(s), "
+        f"{written.n_tables} tables, {written.n_figures} figures)"
+    )
