@@ -1,12 +1,112 @@
-"""`vitmed ingest`: not provided by this version yet."""
+"""``vitmed ingest``: register a public chest X-ray dataset as downloaded and build its image cache."""
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from ..errors import NotAvailableYet
+from ._common import JsonOpt, console, print_json, print_record, state, want_json
 
 
-def ingest(ctx: typer.Context) -> None:
-    """Not available yet in this version of vitmed."""
-    raise NotAvailableYet("vitmed ingest is not available yet in this version")
+class IngestFormat(str, Enum):
+    """Dataset layouts that ``vitmed ingest`` reads."""
+
+    vindr = "vindr"
+    chexpert = "chexpert"
+    mimic = "mimic"
+    cxr14 = "cxr14"
+    padchest = "padchest"
+    csv = "csv"
+    synthetic = "synthetic"
+
+
+class LabelPolicy(str, Enum):
+    """How VinDr-CXR's three radiologists are combined."""
+
+    majority = "majority"
+    any = "any"
+
+
+class Flavour(str, Enum):
+    """Which of the two related synthetic datasets to write."""
+
+    source = "source"
+    target = "target"
+
+
+def ingest(
+    ctx: typer.Context,
+    fmt: Annotated[IngestFormat, typer.Argument(metavar="FORMAT", help="Layout of the download.", show_default=False)],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="PATH",
+            help="The dataset folder as downloaded (csv: the CSV file; synthetic: the folder to write).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name to register the dataset under.", show_default=False)],
+    image_size: Annotated[int, typer.Option("--image-size", help="Side of the square cache images, pixels.")] = 224,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", "-w", help="Decoding processes (default: all CPUs).", show_default=False)
+    ] = None,
+    label_policy: Annotated[
+        Optional[LabelPolicy],
+        typer.Option("--label-policy", help="vindr: combine radiologists by majority (default) or any.", show_default=False),
+    ] = None,
+    path_col: Annotated[Optional[str], typer.Option("--path-col", help="csv: image path column [default: path].", show_default=False)] = None,
+    patient_col: Annotated[
+        Optional[str], typer.Option("--patient-col", help="csv: patient column [default: patient_id].", show_default=False)
+    ] = None,
+    view_col: Annotated[Optional[str], typer.Option("--view-col", help="csv: view column [default: view].", show_default=False)] = None,
+    findings: Annotated[
+        Optional[str], typer.Option("--findings", help="csv: finding columns A,B,C [default: every 0/1/-1 column].", show_default=False)
+    ] = None,
+    n_images: Annotated[Optional[int], typer.Option("--n-images", help="synthetic: number of images.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="synthetic: random seed [default: 0].", show_default=False)] = None,
+    flavour: Annotated[
+        Optional[Flavour], typer.Option("--flavour", help="synthetic: source or target [default: source].", show_default=False)
+    ] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register a dataset in its downloaded layout and cache its images (resumable).
+
+    Formats: vindr, chexpert, mimic, cxr14, padchest, csv, synthetic.
+
+    Example: vitmed ingest vindr ~/data/vindr-cxr/1.0.0 --name vindr --image-size 224
+    """
+    from ..datasets import ingest_dataset
+
+    summary = ingest_dataset(
+        state(ctx).registry(),
+        fmt.value,
+        path,
+        name=name,
+        image_size=image_size,
+        workers=workers,
+        label_policy=label_policy.value if label_policy else None,
+        progress=not no_progress,
+        path_col=path_col,
+        patient_col=patient_col,
+        view_col=view_col,
+        findings=findings,
+        n_images=n_images,
+        seed=seed,
+        flavour=flavour.value if flavour else None,
+    )
+    out = summary.to_dict()
+    if want_json(ctx, json_out):
+        print_json(out)
+        return
+    notes, errors = out.pop("notes"), out.pop("errors")
+    out["findings"] = ", ".join(out["findings"])
+    out["unmapped_findings"] = ", ".join(out["unmapped_findings"]) or "-"
+    print_record(out, title=f"ingested {name}")
+    for note in notes:
+        console.print(f"[dim]note:[/dim] {note}")
+    for err in errors:
+        console.print(f"[yellow]unreadable[/yellow] {err['key']}: {err['error']}")

@@ -1,0 +1,277 @@
+"""The one DICOM reader: stored values to display pixels, 0 = black/air, 255 = white/bone.
+
+Intensity convention (the only place it is defined; the image cache uses it):
+
+1. Stored values are masked to ``BitsStored`` (sign-extended when
+   ``PixelRepresentation`` is 1).
+2. The Modality LUT is applied: ``RescaleSlope``/``RescaleIntercept`` or a
+   Modality LUT Sequence.
+3. The VOI transform is applied: the first ``WindowCenter``/``WindowWidth``
+   pair with ``VOILUTFunction`` LINEAR (default), LINEAR_EXACT or SIGMOID
+   (DICOM PS3.3 C.11.2.1.2), or a VOI LUT Sequence.  Without either, the
+   image's own minimum..maximum is stretched to the full range.
+4. The result is scaled to 0..255 uint8; MONOCHROME1 (where high values are
+   dark) is inverted so that 0 is always black, with a warning naming the file.
+   Other photometric interpretations (RGB, YBR, PALETTE COLOR) are refused.
+
+For speed the three steps are folded into one lookup table over every
+possible stored value (``2**BitsStored`` entries), and an image that is much
+larger than asked for is first box-averaged by an integer factor on its stored
+values, so a 2048x2048 12-bit image never becomes a float64 array.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger("vitmed.dicom")
+
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+_NATIVE_LE = {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}
+PLUGIN_HINT = (
+    "install a pixel-data plugin: pip install pylibjpeg pylibjpeg-libjpeg "
+    "pylibjpeg-openjpeg (or pip install python-gdcm)"
+)
+
+
+class DicomError(InputError):
+    """A DICOM file that vitmed cannot turn into a grayscale image."""
+
+
+def _first(value, default=None):
+    if value is None:
+        return default
+    try:
+        if isinstance(value, (str, bytes)):
+            return value
+        return value[0]
+    except (TypeError, IndexError):
+        return value
+
+
+def _voi(values: np.ndarray, ds) -> np.ndarray:
+    """Modality LUT, then VOI transform, as floats in [0, 1] (before any inversion)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "ModalityLUTSequence" in ds:
+        x = apply_modality_lut(values, ds).astype(np.float64)
+    else:
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        x = values.astype(np.float64) * slope + intercept
+    center = _first(ds.get("WindowCenter"))
+    width = _first(ds.get("WindowWidth"))
+    if "VOILUTSequence" in ds and (center is None or width is None):
+        y = apply_voi_lut(x, ds, prefer_lut=True).astype(np.float64)
+        lo, hi = float(y.min()), float(y.max())
+        return (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
+    if center is not None and width is not None and float(width) > 0:
+        c, w = float(center), float(width)
+        func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        if func == "SIGMOID":
+            return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        if func == "LINEAR_EXACT":
+            return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+        if w <= 1:
+            return (x > c - 0.5).astype(np.float64)
+        return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+    return None  # type: ignore[return-value]  # caller stretches min..max
+
+
+def _to_uint8(unit: np.ndarray, invert: bool) -> np.ndarray:
+    out = np.rint(unit * 255.0).astype(np.uint8)
+    return 255 - out if invert else out
+
+
+def _stretch(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros(x.shape, dtype=np.float64)
+
+
+def _stored_pixels(ds, path) -> tuple[np.ndarray, int, bool]:
+    """The first frame's stored values, masked to BitsStored; (array, bits, signed)."""
+    bits_alloc = int(ds.get("BitsAllocated", 16))
+    bits = int(ds.get("BitsStored", bits_alloc) or bits_alloc)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")) if "file_meta" in ds else ""
+    if ts in _NATIVE_LE and bits_alloc == 16 and "PixelData" in ds and frames == 1:
+        # Fast path: the bytes as they are, no copy, masked here.
+        raw = np.frombuffer(ds.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols)
+        arr = raw.reshape(rows, cols)
+        if bits < 16:
+            if signed:
+                shift = 16 - bits
+                arr = (arr << shift) >> shift
+            else:
+                arr = arr & np.uint16((1 << bits) - 1)
+        return arr, bits, signed
+    try:
+        arr = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        name = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        ts_name = getattr(name, "name", str(name))
+        raise DicomError(
+            f"{path}: cannot decode {ts_name} pixel data - {PLUGIN_HINT}"
+        ) from exc
+    if frames > 1:
+        arr = arr[0]
+    return np.asarray(arr), bits, signed
+
+
+def _box_reduce(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks (integers stay integers)."""
+    if factor <= 1:
+        return arr
+    from PIL import Image
+
+    if arr.dtype == np.uint16:
+        img = Image.fromarray(np.ascontiguousarray(arr)).convert("I")
+        return np.asarray(img.reduce(factor))
+    if arr.dtype == np.uint8:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).reduce(factor))
+    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    return np.asarray(img.reduce(factor))
+
+
+def reduce_factor(shape: tuple[int, int], target: int | None) -> int:
+    """The integer box factor that keeps the longer side at least twice ``target``."""
+    if not target:
+        return 1
+    return max(1, max(shape) // (2 * target))
+
+
+def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tuple[np.ndarray, bool]:
+    """(uint8 image, was_monochrome1) for one DICOM file; see the module docstring.
+
+    ``reduce_to``: box-average first so that the longer side stays >= 2 x this.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise DicomError(f"{path}: not a readable DICOM file ({exc})") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise DicomError(f"{path}: the DICOM file holds no pixel data")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in GRAYSCALE:
+        raise DicomError(
+            f"{path}: photometric interpretation {photometric} is not a grayscale radiograph "
+            "(vitmed reads MONOCHROME1 and MONOCHROME2 only)"
+        )
+    invert = photometric == "MONOCHROME1"
+    try:
+        arr, bits, signed = _stored_pixels(ds, path)
+    except DicomError:
+        raise
+    except (ValueError, AttributeError, KeyError, EOFError) as exc:
+        raise DicomError(f"{path}: pixel data is truncated or malformed ({exc})") from exc
+    if arr.ndim != 2:
+        raise DicomError(f"{path}: expected one grayscale frame, got pixel array of shape {arr.shape}")
+
+    arr = _box_reduce(arr, reduce_factor(arr.shape, reduce_to))
+    if bits <= 16 and np.issubdtype(arr.dtype, np.integer):
+        offset = (1 << (bits - 1)) if signed else 0
+        domain = np.arange(-offset, (1 << bits) - offset, dtype=np.int64)
+        unit = _voi(domain, ds)
+        # Unsigned values are already masked to BitsStored; signed ones shift to 0..2**bits-1.
+        index = arr.astype(np.int64) + offset if offset else arr
+        if unit is None:
+            # No window: stretch this image's own range via the same table.
+            lo, hi = int(index.min()), int(index.max())
+            x = _modality_only(domain, ds)
+            xlo, xhi = x[lo], x[hi]
+            unit = np.clip((x - min(xlo, xhi)) / (abs(xhi - xlo) or 1.0), 0.0, 1.0)
+        lut = _to_uint8(unit, invert)
+        return np.take(lut, index), invert
+    unit = _voi(arr.astype(np.float64), ds)
+    if unit is None:
+        unit = _stretch(_modality_only(arr, ds))
+    return _to_uint8(unit, invert), invert
+
+
+def _modality_only(values: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut
+
+    if "ModalityLUTSequence" in ds:
+        return apply_modality_lut(values, ds).astype(np.float64)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    return values.astype(np.float64) * slope + intercept
+
+
+def read_dicom(path: str | os.PathLike, *, reduce_to: int | None = None, warn: bool = True) -> np.ndarray:
+    """A DICOM file as a uint8 grayscale image, 0 = black; warns once per MONOCHROME1 file."""
+    image, inverted = decode_dicom(path, reduce_to=reduce_to)
+    if inverted and warn:
+        log.warning("%s is MONOCHROME1: inverted so that 0 is black", path)
+    return image
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """By suffix (.dcm, .dicom) or by the 'DICM' marker at byte 128."""
+    suffix = Path(path).suffix.lower()
+    if suffix in {".dcm", ".dicom"}:
+        return True
+    if suffix in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def write_dicom(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    signed: bool = False,
+) -> Path:
+    """Write a small uncompressed DICOM (for tests, benchmarks and examples)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2" if signed else "<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+__all__ = ["DicomError", "decode_dicom", "is_dicom", "read_dicom", "reduce_factor", "write_dicom"]

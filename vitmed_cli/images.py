@@ -1,0 +1,240 @@
+"""Source images to the cache: decode, make square, write rows of one memory-mapped array.
+
+Cache layout: one ``.npy`` file per dataset and image size, shape
+``(n_rows, size, size)``, uint8, 0 = black/air, 255 = white/bone; readers open
+it with ``np.load(path, mmap_mode="r")``.  ``Image.cache_index`` is the row.
+
+Aspect ratio (the one rule): the longer side is resized to ``size`` (bilinear,
+antialiased), the shorter side keeps the aspect ratio, and the image is
+centred on a black (0) square.  Nothing is cropped.
+
+Decoding per source kind:
+
+* DICOM: :mod:`vitmed_cli.dicom` (rescale, window/VOI LUT, BitsStored,
+  MONOCHROME1 inverted).
+* 16-bit PNG (PadChest): the image's own minimum..maximum is stretched to
+  0..255 (PadChest files use very different parts of the 16-bit range, so
+  scaling by bit depth would leave many images nearly black).
+* 8-bit grayscale PNG as is; RGB/RGBA/palette images converted to luminance
+  (alpha ignored).
+* JPEG: reduced-size DCT decoding (``PIL.Image.draft``) straight to grayscale
+  at the smallest scale that is still at least ``size``.
+
+Large images are box-averaged by an integer factor before the final resize.
+Ingest runs over worker processes that write straight into the memmap by row,
+so no pixels travel back through pickling.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .dicom import decode_dicom, is_dicom, reduce_factor
+from .errors import InputError
+
+
+def fit_square(image, size: int) -> np.ndarray:
+    """A PIL 'L' image (or uint8 array) resized so its longer side is ``size``, centred on black."""
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    w, h = image.size
+    scale = size / max(w, h)
+    nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0)
+    out = np.zeros((size, size), dtype=np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top : top + nh, left : left + nw] = np.asarray(image, dtype=np.uint8)
+    return out
+
+
+def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    lo, hi = int(arr.min()), int(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _decode_pil(path: str, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.format == "JPEG":
+            img.draft("L", (size, size))
+        img.load()
+        mode = img.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            if mode != "I":
+                img = img.convert("I")
+            factor = reduce_factor(img.size[::-1], size)
+            if factor > 1:
+                img = img.reduce(factor)
+            return fit_square(_stretch_to_uint8(np.asarray(img)), size)
+        if mode == "F":
+            return fit_square(_stretch_to_uint8(np.asarray(img)), size)
+        if mode != "L":
+            img = img.convert("L")
+        factor = reduce_factor(img.size[::-1], size)
+        if factor > 1:
+            img = img.reduce(factor)
+        return fit_square(img, size)
+
+
+def decode_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, bool]:
+    """(``size`` x ``size`` uint8 image, was_monochrome1) for a DICOM, PNG or JPEG file."""
+    path = str(path)
+    if is_dicom(path):
+        image, inverted = decode_dicom(path, reduce_to=size)
+        return fit_square(image, size), inverted
+    return _decode_pil(path, size), False
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """The cache's view of one file: ``size`` x ``size`` uint8, 0 = black."""
+    return decode_image(path, size)[0]
+
+
+# --- the cache -------------------------------------------------------------
+
+
+def ensure_cache(path: Path, n_rows: int, size: int) -> Path:
+    """Create the cache file, or grow it to ``n_rows`` keeping its rows; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        try:
+            old = np.load(path, mmap_mode="r")
+        except (ValueError, OSError):
+            old = None  # a torn file from a crash: start again, rows are re-decoded
+        if old is not None and old.dtype == np.uint8 and old.shape[1:] == (size, size):
+            if old.shape[0] >= n_rows:
+                return path
+            tmp = path.with_suffix(".grow.npy")
+            new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_rows, size, size))
+            step = 4096
+            for start in range(0, old.shape[0], step):
+                new[start : start + step] = old[start : start + step]
+            new.flush()
+            del new, old
+            os.replace(tmp, path)
+            return path
+        del old
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(n_rows, 1), size, size))
+    mm.flush()
+    del mm
+    return path
+
+
+def open_cache(path: str | os.PathLike) -> np.ndarray:
+    """The cache array, read-only and memory-mapped."""
+    return np.load(path, mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    """What happened to one image: its row, or the error that kept it out."""
+
+    image_id: int
+    row: int
+    error: str | None
+    inverted: bool = False
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(cache_path: str, size: int) -> None:
+    _WORKER["cache"] = np.load(cache_path, mmap_mode="r+")
+    _WORKER["size"] = size
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _decode_chunk(chunk: Sequence[tuple[int, int, str]]) -> list[CacheResult]:
+    cache, size = _WORKER["cache"], _WORKER["size"]
+    out: list[CacheResult] = []
+    for image_id, row, path in chunk:
+        try:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"image file not found: {path}")
+            pixels, inverted = decode_image(path, size)
+            cache[row] = pixels
+            out.append(CacheResult(image_id, row, None, inverted))
+        except Exception as exc:  # noqa: BLE001 - any bad file is recorded and skipped
+            out.append(CacheResult(image_id, row, _one_line(exc)))
+    return out
+
+
+def _chunks(tasks: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(tasks), size):
+        yield tasks[start : start + size]
+
+
+def fill_cache(
+    cache_path: str | os.PathLike,
+    tasks: Sequence[tuple[int, int, str]],
+    size: int,
+    *,
+    workers: int | None = None,
+    on_results: Callable[[list[CacheResult]], None] | None = None,
+    chunk_size: int | None = None,
+) -> int:
+    """Decode ``(image_id, row, path)`` tasks into the cache; returns how many were done.
+
+    ``workers`` processes (default: all CPUs) each map the cache file and write
+    their rows; ``on_results`` receives each finished chunk (for the registry
+    update and the progress bar).  One worker, or a handful of images, runs in
+    this process.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        return 0
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1 (got {workers})")
+    chunk_size = chunk_size or max(1, min(64, len(tasks) // (workers * 4) or 1))
+    done = 0
+    if workers == 1 or len(tasks) <= 2:
+        _init_worker(str(cache_path), size)
+        try:
+            for chunk in _chunks(tasks, chunk_size):
+                results = _decode_chunk(chunk)
+                done += len(results)
+                if on_results:
+                    on_results(results)
+        finally:
+            _WORKER["cache"].flush()
+            _WORKER.clear()
+        return done
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(str(cache_path), size)) as pool:
+        for results in pool.imap_unordered(_decode_chunk, _chunks(tasks, chunk_size)):
+            done += len(results)
+            if on_results:
+                on_results(results)
+    return done
+
+
+__all__ = [
+    "CacheResult",
+    "decode_image",
+    "ensure_cache",
+    "fill_cache",
+    "fit_square",
+    "load_image",
+    "open_cache",
+]
