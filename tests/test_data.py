@@ -1,0 +1,240 @@
+"""The data path: loading a split part, the uncertain policy, the memmap batch loader.
+
+``build_dataset`` (also used by test_train/test_predict/test_ddp) writes a small
+learnable dataset straight into the registry and an ingest-style cache: finding
+k is a bright blob in band k of the image, so a tiny ViT can learn it in seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib.format import open_memmap
+from sqlalchemy import event
+
+from vitmed_cli.data import (
+    BatchLoader,
+    _RotationMaps,
+    apply_uncertain,
+    load_part,
+    model_input,
+)
+from vitmed_cli.registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
+
+FINDINGS = ("Effusion", "Nodule")
+
+
+def build_dataset(
+    registry,
+    folder: Path,
+    *,
+    name: str = "toy",
+    n: int = 240,
+    size: int = 32,
+    findings: tuple[str, ...] = FINDINGS,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    split: str = "default",
+    n_lateral: int = 6,
+    n_unreadable: int = 4,
+    uncertain_rate: float = 0.05,
+    missing_rate: float = 0.05,
+    no_positive: str | None = None,
+) -> dict:
+    """A dataset whose finding k is a bright blob in horizontal band k; returns what was written."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache_path = folder / f"{name}-{size}.npy"
+    k = len(findings)
+    y = (rng.random((n, k)) < 0.4).astype(np.int64)
+    if no_positive is not None:
+        y[: int(n * fractions[0]), findings.index(no_positive)] = 0
+    imgs = (rng.normal(70, 12, (n, size, size))).clip(0, 255)
+    band = size // k
+    for j in range(k):
+        for i in np.flatnonzero(y[:, j]):
+            cy = j * band + band // 2 + rng.integers(-2, 3)
+            cx = size // 2 + rng.integers(-size // 4, size // 4 + 1)
+            r = max(2, size // 10)
+            yy, xx = np.ogrid[:size, :size]
+            imgs[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 230
+    mm = open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    mm[:] = imgs.astype(np.uint8)
+    mm.flush()
+    del mm
+    label = y.copy()
+    status = rng.random((n, k))
+    label[status < uncertain_rate] = -1
+    mentioned = status >= uncertain_rate + missing_rate
+    mentioned |= status < uncertain_rate
+    parts = np.array(["train"] * n, dtype=object)
+    n_tr, n_va = int(n * fractions[0]), int(n * fractions[1])
+    parts[n_tr : n_tr + n_va] = "val"
+    parts[n_tr + n_va :] = "test"
+    views = np.array(["frontal"] * n, dtype=object)
+    views[rng.choice(n, n_lateral, replace=False)] = "lateral"
+    views[::7] = np.where(views[::7] == "lateral", "lateral", "unknown")
+    unreadable = set(rng.choice(n, n_unreadable, replace=False).tolist())
+    with registry.session() as s:
+        ds = Dataset(name=name, format="synthetic", source_path=str(folder), image_size=size,
+                     cache_path=str(cache_path), has_patient_ids=True)
+        s.add(ds)
+        s.flush()
+        f_rows = [Finding(dataset_id=ds.id, canonical=f, native=f.lower(), position=i)
+                  for i, f in enumerate(findings)]
+        s.add_all(f_rows)
+        sp = Split(dataset_id=ds.id, name=split, method="random", seed=seed)
+        s.add(sp)
+        s.flush()
+        images = []
+        for i in range(n):
+            bad = i in unreadable
+            images.append(Image(
+                dataset_id=ds.id, key=f"img{i:05d}", patient_id=f"p{i:05d}", view=views[i],
+                source_path=f"{folder}/img{i:05d}.png", cache_index=None if bad else i,
+                readable=not bad, error="cannot decode" if bad else None,
+            ))
+        s.add_all(images)
+        s.flush()
+        s.add_all([Label(image_id=images[i].id, finding_id=f_rows[j].id, value=int(label[i, j]))
+                   for i in range(n) for j in range(k) if mentioned[i, j]])
+        s.add_all([SplitAssignment(split_id=sp.id, image_id=images[i].id, part=str(parts[i]))
+                   for i in range(n)])
+        image_ids = np.array([im.id for im in images])
+    usable = np.array([(views[i] != "lateral") and (i not in unreadable) for i in range(n)])
+    full = np.where(mentioned, label, np.nan).astype(np.float32)
+    return {"name": name, "split": split, "cache_path": str(cache_path), "y": y, "labels": full,
+            "parts": parts, "usable": usable, "image_ids": image_ids, "findings": list(findings),
+            "size": size}
+
+
+# --------------------------------------------------------------------------- load_part
+
+
+def test_load_part_reads_labels_and_drops_laterals_and_unreadable(registry, tmp_path):
+    info = build_dataset(registry, tmp_path, n=120)
+    statements: list[str] = []
+    event.listen(registry.engine, "before_cursor_execute",
+                 lambda *a: statements.append(a[2]))
+    with registry.session() as s:
+        part = load_part(s, "toy", None, "train")
+    selects = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+    # dataset, split, findings, images, labels: never one query per image
+    assert len(selects) <= 6
+    want = np.flatnonzero((info["parts"] == "train") & info["usable"])
+    assert part.image_ids.tolist() == info["image_ids"][want].tolist()
+    assert part.cache_rows.tolist() == want.tolist()
+    assert part.findings == list(FINDINGS)
+    np.testing.assert_array_equal(part.labels, info["labels"][want])
+    assert np.isnan(part.labels).any() and (part.labels == -1).any()
+
+    with registry.session() as s:
+        with_lat = load_part(s, "toy", "default", "train", frontal_only=False)
+    assert len(with_lat) > len(part)
+
+
+def test_apply_uncertain_policies():
+    lab = np.array([[1, 0, -1, np.nan]], dtype=np.float32)
+    np.testing.assert_array_equal(apply_uncertain(lab, "zeros"), [[1, 0, 0, 0]])
+    np.testing.assert_array_equal(apply_uncertain(lab, "ones"), [[1, 0, 1, 0]])
+    got = apply_uncertain(lab, "ignore")
+    assert got[0, :2].tolist() == [1, 0] and np.isnan(got[0, 2]) and got[0, 3] == 0
+
+
+# --------------------------------------------------------------------------- loader
+
+
+@pytest.fixture
+def cache(tmp_path):
+    n, s = 50, 16
+    arr = np.random.default_rng(1).integers(0, 256, (n, s, s), dtype=np.uint8)
+    path = tmp_path / "c.npy"
+    mm = open_memmap(path, mode="w+", dtype=np.uint8, shape=arr.shape)
+    mm[:] = arr
+    mm.flush()
+    return path, arr
+
+
+def _epoch(loader, epoch=0, start=0):
+    return list(loader.iter_epoch(epoch, start))
+
+
+def test_loader_covers_every_row_once_and_is_seeded(cache):
+    path, arr = cache
+    rows = np.arange(10, 50)[::-1].copy()  # part rows are cache rows 49..10
+    y = np.arange(40 * 2, dtype=np.float32).reshape(40, 2)
+    loader = BatchLoader(str(path), rows, y, batch_size=7, shuffle=True, seed=3)
+    batches = _epoch(loader)
+    pos = np.concatenate([b.positions for b in batches])
+    assert sorted(pos.tolist()) == list(range(40))
+    for b in batches:
+        np.testing.assert_array_equal(b.images.numpy(), arr[rows[b.positions]])
+        np.testing.assert_array_equal(b.targets.numpy(), y[b.positions])
+    again = np.concatenate([b.positions for b in _epoch(loader)])
+    other = np.concatenate([b.positions for b in _epoch(loader, epoch=1)])
+    assert again.tolist() == pos.tolist() and other.tolist() != pos.tolist()
+    # starting mid-epoch gives exactly the remaining batches
+    tail = _epoch(loader, 0, 3)
+    assert [b.index for b in tail] == [3, 4, 5]
+    for a, b in zip(tail, batches[3:]):
+        np.testing.assert_array_equal(a.images.numpy(), b.images.numpy())
+    # synchronous loading (no worker threads) gives the same batches
+    sync = BatchLoader(str(path), rows, y, batch_size=7, shuffle=True, seed=3, num_workers=0)
+    assert np.concatenate([b.positions for b in _epoch(sync)]).tolist() == pos.tolist()
+
+
+def test_loader_shards_per_rank(cache):
+    path, _ = cache
+    rows = np.arange(45)
+    shards = [np.concatenate([b.positions for b in _epoch(
+        BatchLoader(str(path), rows, None, batch_size=4, shuffle=True, seed=0, rank=r, world_size=2))])
+        for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 23  # padded to equal length
+    assert set(shards[0]) | set(shards[1]) == set(range(45))
+    assert len(set(shards[0]) & set(shards[1])) == 1  # only the padding repeats
+
+
+def test_cpu_augmentation_flips_and_rotates_deterministically(cache):
+    path, arr = cache
+    rows = np.arange(50)
+    flip_only = BatchLoader(str(path), rows, None, batch_size=50, augment=True, max_rotation=0.0,
+                            seed=5)
+    out = _epoch(flip_only)[0].images.numpy()
+    flipped = [np.array_equal(out[i], arr[i, :, ::-1]) for i in range(50)]
+    kept = [np.array_equal(out[i], arr[i]) for i in range(50)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 10 < sum(flipped) < 40
+    aug = BatchLoader(str(path), rows, None, batch_size=50, augment=True, seed=5)
+    a, b = _epoch(aug)[0].images.numpy(), _epoch(aug)[0].images.numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, out)
+
+
+def test_rotation_maps_rotate_about_the_centre():
+    maps = _RotationMaps(21, 10.0)
+    img = np.zeros(21 * 21 + 1, dtype=np.uint8)
+    img[10 * 21 + 10] = 255  # centre pixel
+    img[10 * 21 + 20] = 200  # right edge, middle row
+    for angle_id in range(maps.n_angles):
+        out = img[maps.get(angle_id, False)].reshape(21, 21)
+        assert out[10, 10] == 255
+    rot = img[maps.get(maps.n_angles - 1, False)].reshape(21, 21)  # +10 degrees
+    ys, xs = np.nonzero(rot == 200)
+    assert len(ys) >= 1 and abs(ys.mean() - 10) >= 1  # moved off the middle row
+    ident = img[maps.get(maps.steps, False)]
+    np.testing.assert_array_equal(ident, img[:-1])
+
+
+def test_model_input_normalises_with_the_models_statistics():
+    x = torch.tensor([[[0, 255], [128, 64]]], dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    got = model_input(x, mean, std)
+    assert got.shape == (1, 3, 2, 2)
+    for c in range(3):
+        want = (x[0].float() / 255 - mean[c]) / std[c]
+        torch.testing.assert_close(got[0, c], want)
+    assert model_input(x, mean, std, size=4).shape == (1, 3, 4, 4)
