@@ -1,0 +1,584 @@
+"""Statistics for ROC AUC: pure functions over numpy arrays, no I/O, no registry.
+
+Conventions
+-----------
+* ``y_true`` is 1 (positive) / 0 (negative); NaN means "not labelled" and
+  excludes that image from that finding only.  2-D arrays are
+  ``(n_images, n_findings)``; paired tests take arrays aligned on the same images.
+* AUC is P(score of a positive > score of a negative), ties counted as 1/2
+  (the Mann-Whitney statistic with midranks); it is NaN without a positive or
+  a negative.
+* Bootstrap resamples draw images with replacement; every resample uses the
+  same images for both models and for every finding (the images are the unit
+  of resampling, so correlations between findings and models are kept).
+  Resampled AUCs are computed from per-image counts on scores sorted once per
+  finding and model, so one resample costs O(n) after one O(n log n) sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+from .errors import StatsError
+
+__all__ = [
+    "AUCSummary",
+    "BootstrapAUC",
+    "DeLongResult",
+    "PairedBootstrapResult",
+    "PairedDiff",
+    "bootstrap_auc",
+    "bootstrap_indices",
+    "delong_test",
+    "fdr_bh",
+    "midranks",
+    "paired_bootstrap",
+    "roc_auc",
+    "threshold_metrics",
+    "youden_threshold",
+]
+
+CONFIDENCE = 0.95
+_CHUNK = 32  # resamples per block: a block of counts stays in cache
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_2d(y_true, *scores) -> tuple[np.ndarray, list[np.ndarray], bool]:
+    """Float arrays of shape (n, k); ``True`` when the inputs were 1-D."""
+    y = np.asarray(y_true, dtype=float)
+    flat = y.ndim == 1
+    if y.ndim not in (1, 2):
+        raise StatsError(f"y_true must be 1-D or (n_images, n_findings), got shape {y.shape}")
+    if flat:
+        y = y[:, None]
+    out = []
+    for i, s in enumerate(scores):
+        s = np.asarray(s, dtype=float)
+        if flat and s.ndim == 1:
+            s = s[:, None]
+        if s.shape != y.shape:
+            raise StatsError(
+                f"scores {'ab'[i] if len(scores) > 1 else ''} have shape {s.shape} but y_true has "
+                f"{y.shape if not flat else y.shape[:1]} - align both on the same images and findings"
+            )
+        out.append(s)
+    bad = ~np.isnan(y) & (y != 0) & (y != 1)
+    if bad.any():
+        raise StatsError("y_true must hold 1, 0 or NaN (not labelled) - binarise labels first")
+    for s in out:
+        if np.isnan(s[~np.isnan(y)]).any():
+            raise StatsError("scores hold NaN for labelled images - every labelled image needs a score")
+    return y, out, flat
+
+
+def _midranks_sorted(xs: np.ndarray) -> np.ndarray:
+    """Midranks of an already sorted array."""
+    n = xs.size
+    if n == 0:
+        return np.empty(0)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(xs[1:], xs[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
+    return np.repeat((starts + ends + 1) / 2.0, ends - starts)
+
+
+def midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (as scipy's rankdata 'average')."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(x.size, dtype=float)
+    ranks[order] = _midranks_sorted(x[order])
+    return ranks
+
+
+# --------------------------------------------------------------------------- AUC
+
+
+def _auc_1d(y: np.ndarray, s: np.ndarray) -> float:
+    keep = ~np.isnan(y)
+    y, s = y[keep], s[keep]
+    n1 = int((y == 1).sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = midranks(s)
+    return float((r[y == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def roc_auc(y_true, scores):
+    """ROC AUC with ties as 1/2; a float for 1-D input, an array per finding for 2-D.
+
+    NaN labels are excluded; a finding without a positive or a negative gives NaN.
+    """
+    y, (s,), flat = _as_2d(y_true, scores)
+    aucs = np.array([_auc_1d(y[:, j], s[:, j]) for j in range(y.shape[1])])
+    return float(aucs[0]) if flat else aucs
+
+
+# --------------------------------------------------------------------------- DeLong
+
+
+@dataclass(frozen=True)
+class DeLongResult:
+    """DeLong's test of two correlated AUCs (difference = a - b), normal-theory 95% CI."""
+
+    auc_a: float
+    auc_b: float
+    diff: float
+    se: float
+    z: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+    n_positive: int
+    n_negative: int
+
+
+def _delong_1d(y: np.ndarray, a: np.ndarray, b: np.ndarray, level: float) -> DeLongResult:
+    keep = ~np.isnan(y)
+    y, a, b = y[keep], a[keep], b[keep]
+    pos = y == 1
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m == 0 or n == 0:
+        nan = float("nan")
+        return DeLongResult(nan, nan, nan, nan, nan, nan, nan, nan, m, n)
+    # Sun & Xu (2014): placement values from three midrankings per model.
+    v10 = np.empty((2, m))
+    v01 = np.empty((2, n))
+    aucs = np.empty(2)
+    idx_pos, idx_neg = np.flatnonzero(pos), np.flatnonzero(~pos)
+    for k, s in enumerate((a, b)):
+        # one sort per model: the positives and negatives keep their order in it
+        order = np.argsort(s, kind="mergesort")
+        xs, ps = s[order], pos[order]
+        tz = _midranks_sorted(xs)
+        place = np.empty(s.size)
+        place[order[ps]] = (tz[ps] - _midranks_sorted(xs[ps])) / n
+        place[order[~ps]] = 1.0 - (tz[~ps] - _midranks_sorted(xs[~ps])) / m
+        v10[k] = place[idx_pos]
+        v01[k] = place[idx_neg]
+        aucs[k] = v10[k].mean()
+    s10 = np.cov(v10) if m > 1 else np.zeros((2, 2))
+    s01 = np.cov(v01) if n > 1 else np.zeros((2, 2))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    diff = float(aucs[0] - aucs[1])
+    se = float(np.sqrt(max(var, 0.0)))
+    zq = float(ndtri(0.5 + level / 2.0))
+    if se > 1e-12:
+        z = diff / se
+        p = float(2.0 * ndtr(-abs(z)))
+    else:
+        # identical rankings: no variance of the difference, nothing to detect
+        z = 0.0 if abs(diff) < 1e-12 else float("inf") * np.sign(diff)
+        p = 1.0 if abs(diff) < 1e-12 else 0.0
+    return DeLongResult(
+        float(aucs[0]), float(aucs[1]), diff, se, float(z), p,
+        diff - zq * se, diff + zq * se, m, n,
+    )
+
+
+def delong_test(y_true, scores_a, scores_b, *, level: float = CONFIDENCE):
+    """DeLong's test for two correlated ROC AUCs (fast O(n log n) algorithm of Sun & Xu 2014).
+
+    1-D input gives one :class:`DeLongResult`; 2-D input ``(n_images, n_findings)``
+    gives a list, one per finding.  ``p_value`` is two-sided from z = diff / se;
+    the CI of the difference is diff +/- z_(1+level)/2 * se.
+    """
+    y, (a, b), flat = _as_2d(y_true, scores_a, scores_b)
+    res = [_delong_1d(y[:, j], a[:, j], b[:, j], level) for j in range(y.shape[1])]
+    return res[0] if flat else res
+
+
+# --------------------------------------------------------------------------- bootstrap engine
+
+
+def _index_blocks(n: int, n_resamples: int, seed: int, block: int = _CHUNK) -> Iterator[np.ndarray]:
+    """Resampled image indices, ``block`` resamples at a time, from one seeded stream."""
+    rng = np.random.default_rng(seed)
+    dtype = np.int32 if n < 2**31 - 1 else np.int64
+    done = 0
+    while done < n_resamples:
+        c = min(block, n_resamples - done)
+        yield rng.integers(0, n, size=(c, n), dtype=dtype)
+        done += c
+
+
+def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """The resampled image indices ``(n_resamples, n)`` that the bootstrap functions use for ``seed``.
+
+    Row b lists the images (with repetition) of resample b; tests and slow
+    reference loops can reuse them to reproduce a bootstrap exactly.
+    """
+    blocks = list(_index_blocks(n, n_resamples, seed))
+    return np.concatenate(blocks) if blocks else np.empty((0, n), dtype=np.int64)
+
+
+def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each image occurs in each resample, as float32 ``(n, c)`` (images x resamples).
+
+    Counted row by row (each row's scatter stays in cache), then transposed;
+    float32 holds counts and bin totals exactly below 2**24 images.
+    """
+    c = idx.shape[0]
+    flat = idx.astype(np.int64) + (np.arange(c, dtype=np.int64) * n)[:, None]
+    w = np.bincount(flat.ravel(), minlength=n * c).reshape(c, n)
+    return np.ascontiguousarray(w.T, dtype=np.float32)
+
+
+class _Engine:
+    """Resampled AUCs of several models on several findings from per-image counts.
+
+    For each finding and model, the labelled images are binned once: the
+    distinct scores of the smaller class are "levels"; each image of the other
+    class falls strictly between two levels or on one (a tie).  One sparse
+    0/1 matrix (bins x images) for all findings and models turns a block of
+    resample counts into weighted bin totals in a single product; per resample
+    the AUC numerator is then a cumulative sum over at most 2 * levels + 1
+    bins, so no resample is ever sorted.
+    """
+
+    def __init__(self, y: np.ndarray, models: Sequence[np.ndarray]):
+        from scipy import sparse
+
+        n, k = y.shape
+        rows, cols = [], []
+        self.blocks = []  # (finding, model, first row, n_levels)
+        r0 = 0
+        for j in range(k):
+            labelled = ~np.isnan(y[:, j])
+            for mi, m in enumerate(models):
+                s = m[:, j]
+                pos = np.flatnonzero(labelled & (y[:, j] == 1))
+                neg = np.flatnonzero(labelled & (y[:, j] == 0))
+                sp, sn = s[pos], s[neg]
+                lev_p, lev_n = np.unique(sp), np.unique(sn)
+                flip = lev_n.size < lev_p.size
+                if flip:  # AUC(y, s) = AUC(1 - y, -s): level the smaller class
+                    pos, neg, sp, sn = neg, pos, -sn, -sp
+                    lev_p = np.unique(sp)
+                nlev = lev_p.size
+                t = np.searchsorted(lev_p, sn, side="left")
+                tie = (t < nlev) & (lev_p[np.minimum(t, max(nlev - 1, 0))] == sn) if nlev else np.zeros(sn.size, bool)
+                nbin = 2 * t + tie
+                plev = np.searchsorted(lev_p, sp)
+                rows += [r0 + nbin, r0 + 2 * nlev + 1 + plev]
+                cols += [neg, pos]
+                self.blocks.append((j, mi, r0, nlev))
+                r0 += 3 * nlev + 1
+        self.n_rows = r0
+        rr = np.concatenate(rows) if rows else np.empty(0, np.int64)
+        cc = np.concatenate(cols) if cols else np.empty(0, np.int64)
+        self.g = sparse.csr_matrix(
+            (np.ones(rr.size, dtype=np.float32), (rr, cc)), shape=(max(r0, 1), n)
+        )
+        self.g.sum_duplicates()
+        self.k, self.n_models = k, len(models)
+
+    def aucs(self, wt: np.ndarray) -> np.ndarray:
+        """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate."""
+        c = wt.shape[1]
+        tot = np.ascontiguousarray((self.g @ wt)[: self.n_rows].T, dtype=np.float64)  # (c, rows)
+        out = np.full((self.n_models, self.k, c), np.nan)
+        for j, mi, r0, nlev in self.blocks:
+            if nlev == 0:
+                continue
+            other = tot[:, r0 : r0 + 2 * nlev + 1]
+            levels = tot[:, r0 + 2 * nlev + 1 : r0 + 3 * nlev + 1]
+            cum = np.cumsum(other, axis=1)
+            # twice (other-class weight below level k, bins 0..2k, plus half the ties, bin 2k+1)
+            twice = 2 * cum[:, 0 : 2 * nlev : 2] + other[:, 1::2]
+            num2 = np.einsum("ij,ij->i", levels, twice)
+            den = levels.sum(axis=1) * cum[:, -1]
+            ok = den > 0
+            out[mi, j, ok] = num2[ok] / (2.0 * den[ok])
+        return out
+
+
+def _bootstrap_aucs(
+    y: np.ndarray,
+    models: Sequence[np.ndarray],
+    n_resamples: int,
+    seed: int,
+    indices: np.ndarray | None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Resampled AUCs, shape ``(n_models, n_findings, n_resamples)``; NaN = degenerate resample."""
+    n, k = y.shape
+    if indices is not None:
+        indices = np.asarray(indices)
+        if indices.ndim != 2 or indices.shape[1] != n:
+            raise StatsError(f"indices must have shape (n_resamples, {n}), got {indices.shape}")
+        if indices.size and (indices.min() < 0 or indices.max() >= n):
+            raise StatsError(f"indices must lie in 0..{n - 1}")
+        n_resamples = indices.shape[0]
+        blocks: Iterator[np.ndarray] = (
+            indices[i : i + _CHUNK] for i in range(0, n_resamples, _CHUNK)
+        )
+    else:
+        if n_resamples < 1:
+            raise StatsError(f"n_resamples must be at least 1, got {n_resamples}")
+        blocks = _index_blocks(n, n_resamples, seed)
+    engine = _Engine(y, models)
+    out = np.empty((len(models), k, n_resamples))
+    done = 0
+    for idx in blocks:
+        c = idx.shape[0]
+        out[:, :, done : done + c] = engine.aucs(_counts_t(idx, n))
+        done += c
+        if progress is not None:
+            progress(c)
+    return out
+
+
+def _percentile_ci(x: np.ndarray, level: float) -> tuple[float, float]:
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(x, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def _two_sided_p(d: np.ndarray) -> float:
+    """Bootstrap p for H0: diff = 0, from the resampled differences (NaN excluded).
+
+    p = min(1, 2 * min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1)): twice the
+    smaller tail of the bootstrap distribution beyond zero.  It is the p-value
+    that matches the percentile CI (p < 1 - level exactly when the CI excludes
+    0, up to the +1), and the +1 keeps p from being reported as 0 with a finite
+    number of resamples (smallest p = 2 / (B + 1)).
+    """
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return float("nan")
+    le = 1 + int((d <= 0).sum())
+    ge = 1 + int((d >= 0).sum())
+    return float(min(1.0, 2.0 * min(le, ge) / (d.size + 1)))
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """One finding (or the macro average): AUCs on the full data, difference a - b, bootstrap CI and p."""
+
+    auc_a: float
+    auc_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_degenerate: int
+    n_positive: int | None = None
+    n_negative: int | None = None
+
+
+@dataclass(frozen=True)
+class PairedBootstrapResult:
+    """Per-finding and macro-average paired bootstrap of AUC(a) - AUC(b)."""
+
+    findings: list[PairedDiff]
+    macro: PairedDiff
+    n_resamples: int
+    seed: int
+    level: float = CONFIDENCE
+
+    # convenience views, one value per finding
+    @property
+    def diff(self) -> np.ndarray:
+        return np.array([f.diff for f in self.findings])
+
+    @property
+    def ci_low(self) -> np.ndarray:
+        return np.array([f.ci_low for f in self.findings])
+
+    @property
+    def ci_high(self) -> np.ndarray:
+        return np.array([f.ci_high for f in self.findings])
+
+    @property
+    def p_value(self) -> np.ndarray:
+        return np.array([f.p_value for f in self.findings])
+
+    @property
+    def n_degenerate(self) -> np.ndarray:
+        return np.array([f.n_degenerate for f in self.findings])
+
+
+def paired_bootstrap(
+    y_true,
+    scores_a,
+    scores_b,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    *,
+    indices: np.ndarray | None = None,
+    level: float = CONFIDENCE,
+    progress: Callable[[int], None] | None = None,
+) -> PairedBootstrapResult:
+    """Paired bootstrap of AUC(a) - AUC(b) per finding and for the macro-average AUC.
+
+    Each resample draws the images with replacement once and uses them for both
+    models and all findings (``indices`` overrides the draw; see
+    :func:`bootstrap_indices`).  ``diff`` is the difference on the full data;
+    the CI is the percentile ``level`` interval of the resampled differences;
+    ``p_value`` is two-sided, p = min(1, 2 * min(1 + #{d* <= 0}, 1 + #{d* >= 0}) / (B + 1))
+    with B the valid resamples, the p-value dual to the percentile CI.
+
+    A resample in which a finding has no positive or no negative is degenerate
+    for that finding: counted in ``n_degenerate`` and left out of that finding.
+    The macro average uses only resamples valid for every finding (its
+    ``n_degenerate`` counts the others), so it is never an average over a
+    changing set of findings.  Findings whose full data have no positive or no
+    negative should be removed first (their AUC is NaN, and so is the macro).
+    """
+    y, (a, b), _flat = _as_2d(y_true, scores_a, scores_b)
+    aucs = _bootstrap_aucs(y, [a, b], n_resamples, seed, indices, progress)
+    n_res = aucs.shape[2]
+    full_a, full_b = np.atleast_1d(roc_auc(y, a)), np.atleast_1d(roc_auc(y, b))
+    d = aucs[0] - aucs[1]  # (k, B)
+    findings = []
+    for j in range(y.shape[1]):
+        lo, hi = _percentile_ci(d[j], level)
+        labelled = y[~np.isnan(y[:, j]), j]
+        findings.append(
+            PairedDiff(
+                float(full_a[j]), float(full_b[j]), float(full_a[j] - full_b[j]), lo, hi,
+                _two_sided_p(d[j]), int(np.isnan(d[j]).sum()),
+                int((labelled == 1).sum()), int((labelled == 0).sum()),
+            )
+        )
+    valid = ~np.isnan(d).any(axis=0)
+    md = np.where(valid, aucs[0].mean(axis=0) - aucs[1].mean(axis=0), np.nan)
+    ma, mb = float(np.mean(full_a)), float(np.mean(full_b))
+    lo, hi = _percentile_ci(md, level)
+    macro = PairedDiff(ma, mb, ma - mb, lo, hi, _two_sided_p(md), int((~valid).sum()))
+    return PairedBootstrapResult(findings, macro, n_res, seed, level)
+
+
+# --------------------------------------------------------------------------- single-model bootstrap
+
+
+@dataclass(frozen=True)
+class AUCSummary:
+    """AUC on the full data with the mean, SD and percentile CI over bootstrap resamples."""
+
+    auc: float
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+    n_degenerate: int
+
+
+@dataclass(frozen=True)
+class BootstrapAUC:
+    findings: list[AUCSummary]
+    macro: AUCSummary
+    n_resamples: int
+    seed: int
+
+
+def _summary(full: float, x: np.ndarray, level: float) -> AUCSummary:
+    ok = x[~np.isnan(x)]
+    lo, hi = _percentile_ci(x, level)
+    mean = float(ok.mean()) if ok.size else float("nan")
+    sd = float(ok.std(ddof=1)) if ok.size > 1 else float("nan")
+    return AUCSummary(float(full), mean, sd, lo, hi, int(x.size - ok.size))
+
+
+def bootstrap_auc(
+    y_true,
+    scores,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    *,
+    indices: np.ndarray | None = None,
+    level: float = CONFIDENCE,
+) -> BootstrapAUC:
+    """Bootstrap AUC per finding and of the macro average for one model.
+
+    The macro summary's mean, SD and CI are over the resampled macro-average
+    AUC (resamples valid for every finding), not the spread of findings.
+    """
+    y, (s,), _flat = _as_2d(y_true, scores)
+    aucs = _bootstrap_aucs(y, [s], n_resamples, seed, indices)[0]  # (k, B)
+    full = np.atleast_1d(roc_auc(y, s))
+    findings = [_summary(full[j], aucs[j], level) for j in range(y.shape[1])]
+    valid = ~np.isnan(aucs).any(axis=0)
+    macro_b = np.where(valid, aucs.mean(axis=0), np.nan)
+    macro = _summary(float(np.mean(full)), macro_b, level)
+    return BootstrapAUC(findings, macro, aucs.shape[1], seed)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _labelled_1d(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=float).ravel()
+    s = np.asarray(scores, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise StatsError(f"y_true has {y.size} values but scores {s.size} - align them on the same images")
+    keep = ~np.isnan(y)
+    return y[keep], s[keep]
+
+
+def youden_threshold(y_true, scores) -> float:
+    """The score threshold (predict positive when score >= threshold) maximising sensitivity + specificity - 1."""
+    y, s = _labelled_1d(y_true, scores)
+    n1 = int((y == 1).sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    ss, ys = s[order], y[order]
+    tp = np.cumsum(ys == 1)
+    fp = np.cumsum(ys == 0)
+    last = np.append(ss[1:] != ss[:-1], True)  # cut only between distinct scores
+    j = tp[last] / n1 - fp[last] / n0
+    return float(ss[last][int(np.argmax(j))])
+
+
+def threshold_metrics(y_true, scores, threshold: float) -> dict[str, float]:
+    """Sensitivity, specificity and accuracy when predicting positive for score >= threshold."""
+    y, s = _labelled_1d(y_true, scores)
+    pred = s >= threshold
+    pos = y == 1
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return {
+        "sensitivity": float((pred & pos).sum() / n1) if n1 else float("nan"),
+        "specificity": float((~pred & ~pos).sum() / n0) if n0 else float("nan"),
+        "accuracy": float((pred == pos).mean()) if y.size else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------- multiple testing
+
+
+def fdr_bh(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (as statsmodels ``multipletests(method='fdr_bh')``).
+
+    NaN entries stay NaN and do not count towards the number of tests.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = ~np.isnan(p)
+    q = p[ok]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q)
+    scaled = q[order] * m / np.arange(1, m + 1)
+    adj = np.minimum.accumulate(scaled[::-1])[::-1]
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
