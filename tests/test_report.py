@@ -414,3 +414,31 @@ def test_html_renders_in_headless_chromium(filled, tmp_path):
     img = np.asarray(PILImage.open(shot).convert("L"))
     assert img.shape == (2000, 1200)
     assert img.std() > 10  # tables and figures drawn, not a blank page
+
+
+def test_finding_without_positives_leaves_macro_over_scoreable_findings(registry):
+    rng = np.random.default_rng(3)
+    with registry.session() as s:
+        ds = Dataset(name="onesided", format="csv", source_path="/x", image_size=32)
+        s.add(ds)
+        s.flush()
+        fnd = [Finding(dataset_id=ds.id, canonical=n, native=n, position=i)
+               for i, n in enumerate(["Mass", "Hernia"])]
+        s.add_all(fnd)
+        imgs = [Image(dataset_id=ds.id, key=f"k{i}", source_path=f"/x/{i}") for i in range(40)]
+        s.add_all(imgs)
+        s.flush()
+        y = np.column_stack([(np.arange(40) % 2).astype(float), np.zeros(40)])  # no Hernia positives
+        sc = np.column_stack([_scores(rng, y[:, 0], 1.0), rng.random(40)])
+        ev = Evaluation(name="imp", source="import", dataset_id=ds.id, part="test", init_name="imp",
+                        n_images=40, macro_auc=float(roc_auc_score(y[:, 0], sc[:, 0])))
+        s.add(ev)
+        s.flush()
+        for j, f in enumerate(fnd):
+            s.add_all(Prediction(evaluation_id=ev.id, image_id=im.id, finding_id=f.id,
+                                 probability=float(sc[i, j]), label=int(y[i, j])) for i, im in enumerate(imgs))
+    rep = build_report(registry, n_resamples=N_RESAMPLES, figures=True)
+    row = rep.datasets[0].inits[0]
+    assert row.auc == pytest.approx(roc_auc_score(y[:, 0], sc[:, 0]))
+    assert row.auc_mean is not None and row.ci_low < row.auc_mean < row.ci_high
+    assert [f.finding for f in rep.datasets[0].figures if f.kind == "roc"] == ["Mass"]

@@ -306,8 +306,14 @@ def _bootstrap(session, ev: Evaluation, n_resamples: int, seed: int):
     from .stats import bootstrap_auc
 
     arrays = load_evaluation_arrays(session, ev.id)
-    boot = bootstrap_auc(arrays.y_true, arrays.scores, n_resamples=n_resamples, seed=seed)
-    return arrays, boot
+    # A finding without positives or negatives on this part has no AUC; leaving it in would
+    # make every resampled macro average undefined, so the macro is over scoreable findings.
+    y = arrays.y_true
+    keep = [j for j in range(y.shape[1]) if np.any(y[:, j] == 1) and np.any(y[:, j] == 0)]
+    if not keep:
+        return arrays, None
+    boot = bootstrap_auc(y[:, keep], arrays.scores[:, keep], n_resamples=n_resamples, seed=seed)
+    return arrays, (boot, [arrays.findings[j] for j in keep])
 
 
 def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_out: dict,
@@ -369,14 +375,16 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
             n_findings=len(metrics),
         )
         summaries: dict[str, Any] = {}
-        if boot is not None:
+        if arrays is not None:
             arrays_out[ev.id] = arrays
+        if boot is not None:
+            boot, scored = boot
             mac = boot.macro
             row.auc = _num(mac.auc) if row.auc is None else row.auc
             row.auc_mean, row.auc_sd = _num(mac.mean), _num(mac.sd)
             row.ci_low, row.ci_high = _num(mac.ci_low), _num(mac.ci_high)
             row.n_degenerate, row.n_resamples = mac.n_degenerate, n_resamples
-            summaries = dict(zip(arrays.findings, boot.findings))
+            summaries = dict(zip(scored, boot.findings))
             if not row.n_images:
                 row.n_images = len(arrays.image_ids)
         inits.append(row)
@@ -617,30 +625,33 @@ def _bar_figure(sections: list[DatasetSection]) -> FigureData | None:
     inits = sorted({r.init_name for s in sections for r in s.inits}, key=_init_key)
     if not inits:
         return None
-    fig = _new_figure(max(4.5, 1.4 * len(sections) * max(1, len(inits)) / 2 + 2), 3.8)
+    colours = {name: f"C{k % 10}" for k, name in enumerate(inits)}
+    widest = max(len(s.inits) for s in sections)
+    fig = _new_figure(max(4.5, 0.55 * sum(len(s.inits) for s in sections) + 2.5), 3.8)
     ax = fig.add_subplot()
-    width = 0.8 / len(inits)
-    x = np.arange(len(sections))
-    for k, init in enumerate(inits):
-        heights, lo, hi = [], [], []
-        for s in sections:
-            row = next((r for r in s.inits if r.init_name == init), None)
-            v = None if row is None else (row.auc_mean if row.auc_mean is not None else row.auc)
-            heights.append(np.nan if v is None else v)
-            if row is not None and v is not None and row.ci_low is not None and row.ci_high is not None:
-                lo.append(max(0.0, v - row.ci_low))
-                hi.append(max(0.0, row.ci_high - v))
-            else:
-                lo.append(0.0)
-                hi.append(0.0)
-        ax.bar(x + (k - (len(inits) - 1) / 2) * width, heights, width, yerr=[lo, hi],
-               capsize=3, label=init)
-    ax.set_xticks(x, [s.name for s in sections])
+    width = 0.8 / widest
+    labelled: set[str] = set()
+    lows = [0.5]
+    for i, sec in enumerate(sections):
+        # Only the initialisations this dataset has, centred on its tick.
+        for k, row in enumerate(sec.inits):
+            v = row.auc_mean if row.auc_mean is not None else row.auc
+            if v is None:
+                continue
+            err = None
+            if row.ci_low is not None and row.ci_high is not None:
+                err = [[max(0.0, v - row.ci_low)], [max(0.0, row.ci_high - v)]]
+                lows.append(row.ci_low)
+            lows.append(v)
+            ax.bar(i + (k - (len(sec.inits) - 1) / 2) * width, v, width * 0.95, yerr=err, capsize=3,
+                   color=colours[row.init_name],
+                   label=None if row.init_name in labelled else row.init_name)
+            labelled.add(row.init_name)
+    ax.set_xticks(np.arange(len(sections)), [s.name for s in sections])
     ax.set_ylabel("macro AUC (bootstrap mean, 95% CI)")
-    lows = [r.ci_low if r.ci_low is not None else (r.auc or 0.5) for s in sections for r in s.inits]
-    ax.set_ylim(max(0.0, min(lows + [0.5]) - 0.05), 1.0)
+    ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
     ax.set_title("AUC per dataset and initialisation", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return FigureData(kind="bars", title="Macro AUC per dataset and initialisation (test part)",
                       filename="auc_bars.png", png=_png(fig))
 
@@ -736,7 +747,7 @@ def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow])
 # --------------------------------------------------------------------------- HTML
 
 CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1400px;
 color:#222;padding:0 1em;line-height:1.4}
 h1{margin-bottom:.2em}h2{border-bottom:2px solid #ccd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
@@ -745,8 +756,9 @@ th{background:#eef0f6}td:first-child,th:first-child,td.name{text-align:left}
 tr:nth-child(even) td{background:#fafbfd}
 td.significant{font-weight:bold;background:#fde8c8 !important}
 .block{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
+.block>table{flex:none}
 .provenance{font-size:.8em;color:#444;background:#f6f6f2;border-left:3px solid #bba;padding:.4em .8em;
-max-width:34em}
+flex:1 1 16em;max-width:36em;margin-top:.6em}
 .provenance dt{font-weight:bold}.provenance dd{margin:0 0 .3em 0}
 .note{font-size:.85em;color:#555}
 .figures{display:flex;flex-wrap:wrap;gap:.8em}
