@@ -1,12 +1,87 @@
-"""`vitmed pretrain-load`: not provided by this version yet."""
+"""``vitmed pretrain-load``: register the study's starting weights from real files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
-from ..errors import NotAvailableYet
+from .. import weights
+from ._common import JsonOpt, err_console, print_json, print_record, state, want_json
 
 
-def pretrain_load(ctx: typer.Context) -> None:
-    """Not available yet in this version of vitmed."""
-    raise NotAvailableYet("vitmed pretrain-load is not available yet in this version")
+def pretrain_load(
+    ctx: typer.Context,
+    init: Annotated[
+        str,
+        typer.Argument(
+            help="dinov2, imagenet, file (any timm --arch) or run:<id> (that run's best checkpoint).",
+            show_default=False,
+        ),
+    ],
+    file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--file",
+            help="Weights file: the official dinov2_vitb14_pretrain.pth, a timm .pth/.bin state "
+            "dict or .safetensors. Default: the local Hugging Face cache.",
+            show_default=False,
+        ),
+    ] = None,
+    arch: Annotated[
+        Optional[str],
+        typer.Option(
+            "--arch",
+            help="timm architecture, e.g. vit_small_patch14_dinov2 or resnet50d "
+            "(default: vit_base_patch14_dinov2.lvd142m / vit_base_patch16_224.augreg_in21k).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", help="Label for the checkpoint, usable as --init LABEL.", show_default=False),
+    ] = None,
+    model_kwargs: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model-kwargs",
+            help='JSON overrides for a resized architecture, e.g. \'{"depth": 2, "embed_dim": 48}\'; '
+            "kept with the checkpoint and applied when fine-tuning.",
+            show_default=False,
+        ),
+    ] = None,
+    allow_network: Annotated[
+        bool,
+        typer.Option("--allow-network", help="Download timm's weights from Hugging Face when not cached."),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a weights file against its architecture and register it as a starting point.
+
+    The file is read without running code (torch weights_only or safetensors),
+    loaded with strict key checks (only the classifier head may differ), hashed
+    and registered; registering the same file again returns the existing id.
+
+    Example: vitmed pretrain-load dinov2 --file dinov2_vitb14_pretrain.pth
+    """
+    as_json = want_json(ctx, json_out)
+    registry = state(ctx).registry()
+    if as_json:
+        result = weights.pretrain_load(
+            registry, init, file=file, arch=arch, name=name, model_kwargs=model_kwargs,
+            allow_network=allow_network,
+        )
+        print_json(result.to_dict())
+        return
+    with err_console.status("reading weights") as status:
+        result = weights.pretrain_load(
+            registry, init, file=file, arch=arch, name=name, model_kwargs=model_kwargs,
+            allow_network=allow_network, notify=lambda msg: status.update(msg),
+        )
+    title = (
+        f"already registered as checkpoint {result.checkpoint_id}"
+        if result.existing
+        else f"registered checkpoint {result.checkpoint_id}"
+    )
+    print_record(result.to_dict(), title=title)

@@ -1,0 +1,329 @@
+"""The model factory: a timm architecture, its registered starting weights, a new head.
+
+:func:`create_model` builds the timm model (``pretrained=False``: it never
+downloads), loads the :class:`~vitmed_cli.weights.InitSpec` weights with strict
+key checks (only the classifier head may differ), replaces the head for the
+number of findings and adapts the position embeddings to the training image
+size.  It returns the model and a dict saying what was done, for the run's record.
+
+:func:`check_weights` is the same fitting on a ``meta``-device model (no memory,
+no initialisation), used by ``pretrain-load`` before anything is registered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import WeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .weights import InitSpec
+
+# Keys a checkpoint may lack without being the wrong architecture.
+_OPTIONAL_MISSING_SUFFIXES = ("num_batches_tracked",)
+_LIST_LIMIT = 8
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """A weight file that fits an architecture: what it holds."""
+
+    arch: str
+    n_params: int
+    n_keys: int
+    source_image_size: int | None
+    head_keys: tuple[str, ...]
+    ignored_keys: tuple[str, ...]
+
+
+def check_arch_name(arch: str) -> None:
+    """Refuse an architecture timm does not know, naming close matches."""
+    import timm
+
+    if timm.is_model(arch):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch.split(".", 1)[0], names, n=5, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
+    raise WeightsError(f"unknown timm architecture {arch!r} - {hint}")
+
+
+def _build(arch: str, *, img_size: int | None = None, **kwargs: Any) -> "torch.nn.Module":
+    """timm.create_model without downloading; ``img_size`` only where the family takes it."""
+    import timm
+
+    check_arch_name(arch)
+    try:
+        if img_size is not None:
+            try:
+                return timm.create_model(arch, pretrained=False, img_size=img_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
+        return timm.create_model(arch, pretrained=False, **kwargs)
+    except WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - bad overrides surface in many types
+        shown = {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_chans")}
+        raise WeightsError(
+            f"cannot build {arch} with {shown or 'its defaults'}"
+            f"{f' at {img_size} px' if img_size else ''}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            " - check --arch and --model-kwargs"
+        ) from exc
+
+
+def _classifier_names(model: Any) -> tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or "head"
+    return tuple(names) if isinstance(names, (list, tuple)) else (names,)
+
+
+def _is_head(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == n or key.startswith(n + ".") for n in names)
+
+
+def _filter_fn(model: Any) -> Callable | None:
+    """The family's own converter (timm's ``checkpoint_filter_fn``: DINOv2 files, pos-embed resampling)."""
+    module = sys.modules.get(type(model).__module__)
+    fn = getattr(module, "checkpoint_filter_fn", None)
+    return fn if callable(fn) else None
+
+
+def _grid_of(n_tokens: int, prefixes: tuple[int, ...]) -> int | None:
+    for p in prefixes:
+        n = n_tokens - p
+        if n > 0 and math.isqrt(n) ** 2 == n:
+            return math.isqrt(n)
+    return None
+
+
+def _family(keys: list[str]) -> str | None:
+    ks = set(keys)
+    if any(k.endswith("ls1.gamma") for k in ks) and "cls_token" in ks:
+        return "a DINOv2-style ViT with LayerScale"
+    if any(".attn.qkv." in k for k in ks):
+        return "a ViT"
+    if any(k.startswith("layer1.") for k in ks):
+        return "a ResNet"
+    if any(k.startswith("stages.") for k in ks):
+        return "a CNN with stages (ConvNeXt/EfficientNet-style)"
+    return None
+
+
+def _listing(label: str, keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    more = f" (+{len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else ""
+    return f"{label} ({len(keys)}): {shown}{more}"
+
+
+def _raw_grid(raw_pos: "torch.Tensor | None", model: Any) -> int | None:
+    if raw_pos is None or raw_pos.ndim != 3:
+        return None
+    n_prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+    return _grid_of(int(raw_pos.shape[1]), (n_prefix, 0, 1))
+
+
+def fit_state_dict(
+    state_dict: dict[str, "torch.Tensor"],
+    model: "torch.nn.Module",
+    *,
+    drop_head: bool = True,
+    file_label: str = "the weights file",
+    arch: str | None = None,
+) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
+    """Convert ``state_dict`` to ``model``'s layout and check it strictly.
+
+    Returns the dict to load and a record (keys loaded, head, position
+    embeddings, input channels).  Missing, unexpected or mis-shaped keys other
+    than the classifier head raise :class:`WeightsError` listing them.
+    """
+    from timm.models._manipulate import adapt_input_conv
+
+    arch = arch or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    sd = dict(state_dict)
+    raw_keys = list(sd)
+    target = model.state_dict()
+    names = _classifier_names(model)
+    info: dict[str, Any] = {}
+
+    # The ViT converter would silently resample a different patch size; that is another model.
+    pe = "patch_embed.proj.weight"
+    if pe in sd and pe in target and sd[pe].ndim == 4 and sd[pe].shape[-2:] != target[pe].shape[-2:]:
+        raise WeightsError(
+            f"{file_label} has {tuple(sd[pe].shape[-2:])} patches but {arch} uses "
+            f"{tuple(target[pe].shape[-2:])} - pass the matching --arch"
+        )
+    raw_pos = sd.get("pos_embed")
+    fn = _filter_fn(model)
+    if fn is not None:
+        try:
+            sd = fn(sd, model)
+        except Exception as exc:  # noqa: BLE001 - a converter failing means the file does not fit
+            fam = _family(raw_keys)
+            raise WeightsError(
+                f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
+                "- pass the matching --arch (and --model-kwargs for a resized model)"
+            ) from exc
+    ignored = sorted(set(raw_keys) - set(sd) - {k for k in raw_keys if _is_head(k, names)})
+
+    head_keys = sorted(k for k in sd if _is_head(k, names))
+    if drop_head:
+        for k in head_keys:
+            sd.pop(k)
+
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    first_key = f"{first}.weight" if isinstance(first, str) else None
+    if first_key and first_key in sd and first_key in target:
+        have, want = int(sd[first_key].shape[1]), int(target[first_key].shape[1])
+        if have != want and sd[first_key].ndim == 4:
+            sd[first_key] = adapt_input_conv(want, sd[first_key])
+            info["in_chans"] = f"adapted {have}->{want}"
+
+    missing = [
+        k for k in target
+        if k not in sd
+        and not (drop_head and _is_head(k, names))
+        and not k.endswith(_OPTIONAL_MISSING_SUFFIXES)
+    ]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
+        for k in sd
+        if k in target and tuple(sd[k].shape) != tuple(target[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        fam = _family(raw_keys)
+        parts = []
+        if missing:
+            parts.append(_listing("missing keys", missing))
+        if unexpected:
+            parts.append(_listing("unexpected keys", unexpected))
+        if mismatched:
+            parts.append(_listing("shape mismatches", mismatched))
+        raise WeightsError(
+            f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
+            + "; ".join(parts)
+            + " - pass the matching --arch (and --model-kwargs for a resized model); nothing was loaded"
+        )
+
+    info["loaded_keys"] = len(sd)
+    info["head"] = "new" if drop_head or not head_keys else "loaded"
+    if head_keys and drop_head:
+        info["head_dropped"] = head_keys
+    if ignored:
+        info["ignored_keys"] = ignored
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    old = _raw_grid(raw_pos, model)
+    if grid is not None and old is not None:
+        new = tuple(int(g) for g in grid)
+        if (old, old) == new:
+            info["pos_embed"] = f"kept {new[0]}x{new[1]}"
+        else:
+            info["pos_embed"] = f"interpolated {old}x{old} -> {new[0]}x{new[1]}"
+    return sd, info
+
+
+def check_weights(
+    state_dict: dict[str, "torch.Tensor"],
+    arch: str,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    file_label: str = "the weights file",
+) -> WeightsCheck:
+    """Check that ``state_dict`` loads into ``arch`` (head aside) without building real tensors."""
+    import torch
+
+    kwargs = dict(model_kwargs or {})
+    img_size = kwargs.pop("img_size", None)
+    pe = state_dict.get("patch_embed.proj.weight")
+    pos = state_dict.get("pos_embed")
+    if img_size is None and pe is not None and pe.ndim == 4 and pos is not None and pos.ndim == 3:
+        # Check at the file's own resolution: the patch grid its pos_embed was trained for.
+        grid = _grid_of(int(pos.shape[1]), (1, 0, 5, 4))
+        if grid:
+            img_size = grid * int(pe.shape[-1])
+    kwargs["num_classes"] = 0
+    with torch.device("meta"):
+        model = _build(arch, img_size=img_size, **kwargs)
+    sd, info = fit_state_dict(state_dict, model, drop_head=True, file_label=file_label, arch=arch)
+    size = None
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if grid is not None and patch is not None:
+        size = int(grid[0]) * int(patch[0])
+    if size is None:
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        input_size = cfg.get("input_size")
+        size = int(input_size[-1]) if input_size else None
+    n_params = sum(p.numel() for p in model.parameters())
+    return WeightsCheck(
+        arch=arch,
+        n_params=int(n_params),
+        n_keys=len(sd),
+        source_image_size=size,
+        head_keys=tuple(info.get("head_dropped", ())),
+        ignored_keys=tuple(info.get("ignored_keys", ())),
+    )
+
+
+def create_model(
+    arch: str | None,
+    num_findings: int,
+    image_size: int,
+    init: "InitSpec | None" = None,
+    in_chans: int = 3,
+    **model_kwargs: Any,
+) -> tuple["torch.nn.Module", dict[str, Any]]:
+    """Build ``arch`` for ``num_findings`` outputs at ``image_size`` px, starting from ``init``.
+
+    ``arch`` None means the init's architecture.  ``model_kwargs`` (e.g.
+    ``depth=2, embed_dim=64, num_heads=2, patch_size=8``) pass to timm; those
+    registered with the checkpoint apply first.  The file's sha256 is checked
+    against the registry before loading.
+    """
+    from .weights import read_state_dict, verify_sha256
+
+    if arch is None:
+        if init is None:
+            raise WeightsError("create_model needs an architecture or an initialisation")
+        arch = init.arch
+    if num_findings < 1:
+        raise WeightsError(f"a model needs at least one finding to predict, got {num_findings}")
+    has_weights = init is not None and init.path is not None
+    kwargs = {**(dict(init.model_kwargs) if has_weights else {}), **model_kwargs}
+    kwargs.pop("img_size", None)
+    model = _build(arch, img_size=image_size, num_classes=num_findings, in_chans=in_chans, **kwargs)
+    info: dict[str, Any] = {
+        "arch": arch,
+        "init": init.name if init is not None else "random",
+        "checkpoint_id": init.checkpoint_id if init is not None else None,
+        "sha256": init.sha256 if init is not None else None,
+        "image_size": image_size,
+        "in_chans": in_chans,
+        "num_findings": num_findings,
+        "model_kwargs": kwargs,
+        "loaded_keys": 0,
+        "head": "new",
+        "pos_embed": "new" if getattr(model, "pos_embed", None) is not None else None,
+    }
+    if not has_weights:
+        return model, info
+    verify_sha256(init)
+    state = read_state_dict(init.path)
+    label = f"the weights file of {init.name} ({init.path})"
+    sd, fit = fit_state_dict(state, model, drop_head=init.drop_head, file_label=label, arch=arch)
+    model.load_state_dict(sd, strict=False)
+    if "in_chans" in fit:
+        fit["in_chans_adapted"] = fit.pop("in_chans")
+    info.update(fit)
+    return model, info
+
+
+__all__ = ["WeightsCheck", "check_arch_name", "check_weights", "create_model", "fit_state_dict"]
