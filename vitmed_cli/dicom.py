@@ -101,7 +101,8 @@ def _stored_pixels(ds, path) -> tuple[np.ndarray, int, bool]:
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     rows, cols = int(ds.Rows), int(ds.Columns)
-    ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1")) if "file_meta" in ds else ""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if ts in _NATIVE_LE and bits_alloc == 16 and "PixelData" in ds and frames == 1:
         # Fast path: the bytes as they are, no copy, masked here.
         raw = np.frombuffer(ds.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols)

@@ -1,0 +1,380 @@
+"""``ingest_dataset`` on small fixture folders in each dataset's published layout."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+from vitmed_cli.datasets import export_labels, ingest_dataset, parse_padchest_labels, view_of
+from vitmed_cli.dicom import write_dicom
+from vitmed_cli.findings import canonical_name, harmonise
+from vitmed_cli.images import load_image
+from vitmed_cli.registry.models import Dataset, Finding, Image, Label
+
+SIZE = 32
+
+
+def _images(registry, name):
+    with registry.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == name))
+        rows = s.scalars(select(Image).where(Image.dataset_id == ds.id).order_by(Image.id)).all()
+        return ds, {r.key: r for r in rows}
+
+
+def _labels(registry, name) -> dict[tuple[str, str], int]:
+    with registry.session() as s:
+        q = (
+            select(Image.key, Finding.canonical, Label.value)
+            .join(Label, Label.image_id == Image.id)
+            .join(Finding, Finding.id == Label.finding_id)
+            .join(Dataset, Dataset.id == Image.dataset_id)
+            .where(Dataset.name == name)
+        )
+        return {(k, f): v for k, f, v in s.execute(q)}
+
+
+def _cache(ds):
+    return np.load(ds.cache_path, mmap_mode="r")
+
+
+def _png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(arr).save(path)
+
+
+def _jpg(path: Path, value: int, shape=(80, 64)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(np.full(shape, value, dtype=np.uint8)).save(path, quality=95)
+
+
+# --- VinDr-CXR ---------------------------------------------------------------
+
+VINDR_TRAIN_COLS = [
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
+    "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity",
+    "Lung cavity", "Lung cyst", "Mediastinal shift", "Nodule/Mass", "Pleural effusion",
+    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "Rib fracture", "Other lesion",
+    "COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding",
+]
+
+
+@pytest.fixture
+def vindr_dir(tmp_path) -> Path:
+    root = tmp_path / "vindr-cxr" / "1.0.0"
+    (root / "annotations").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    votes = {  # image -> finding -> three radiologists
+        "aaa111": {"Cardiomegaly": (1, 1, 0), "Pleural effusion": (1, 0, 0)},
+        "bbb222": {"Nodule/Mass": (0, 0, 1)},
+        "ccc333": {},  # its file is truncated
+    }
+    rows = []
+    for image_id, marks in votes.items():
+        for r, rad in enumerate(("R8", "R9", "R10")):
+            row = {"image_id": image_id, "rad_id": rad, **{c: 0 for c in VINDR_TRAIN_COLS}}
+            for finding, three in marks.items():
+                row[finding] = three[r]
+            if not marks:
+                row["No finding"] = 1
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(root / "annotations" / "image_labels_train.csv", index=False)
+    test_cols = [c if c != "Other diseases" else "Other disease" for c in VINDR_TRAIN_COLS]
+    test_rows = [
+        {"image_id": "ddd444", **{c: 0 for c in test_cols}, "Other disease": 1},
+        {"image_id": "eee555", **{c: 0 for c in test_cols}, "Pneumothorax": 1},
+    ]
+    pd.DataFrame(test_rows, columns=["image_id", *test_cols]).to_csv(
+        root / "annotations" / "image_labels_test.csv", index=False
+    )
+    for part, ids in (("train", ["aaa111", "bbb222", "ccc333"]), ("test", ["ddd444", "eee555"])):
+        (root / part).mkdir()
+        for i in ids:
+            px = rng.integers(0, 4096, size=(96, 80)).astype(np.uint16)
+            photometric = "MONOCHROME1" if i == "bbb222" else "MONOCHROME2"
+            write_dicom(root / part / f"{i}.dicom", px, photometric=photometric, window=(2048, 4096),
+                        slope=1.0, intercept=0.0)
+    bad = root / "train" / "ccc333.dicom"
+    bad.write_bytes(bad.read_bytes()[:600])
+    return root
+
+
+@pytest.mark.parametrize("policy", ["majority", "any"])
+def test_vindr_layout_policies_and_quirks(registry, vindr_dir, policy):
+    s = ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1,
+                       label_policy=policy if policy != "majority" else None, progress=False)
+    assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, None)
+    assert any("no patient identifier" in n for n in s.notes)
+    assert any("MONOCHROME1" in n for n in s.notes)
+    ds, imgs = _images(registry, "vindr")
+    assert ds.has_patient_ids is False and ds.label_policy == policy
+    assert imgs["aaa111"].official_part == "train" and imgs["ddd444"].official_part == "test"
+    assert all(i.patient_id is None for i in imgs.values())
+    bad = imgs["ccc333"]
+    assert bad.readable is False and bad.cache_index is None and "ccc333.dicom" in bad.error
+    good = imgs["aaa111"]
+    assert np.array_equal(_cache(ds)[good.cache_index], load_image(good.source_path, SIZE))
+    labels = _labels(registry, "vindr")
+    assert labels[("aaa111", "Cardiomegaly")] == 1  # 2 of 3
+    assert labels[("aaa111", "Pleural Effusion")] == (1 if policy == "any" else 0)  # 1 of 3
+    assert labels[("bbb222", "Nodule/Mass")] == (1 if policy == "any" else 0)
+    # "Other disease" (test) and "Other diseases" (train) are one finding
+    with registry.session() as sess:
+        names = sess.scalars(select(Finding.canonical).where(Finding.dataset_id == ds.id)).all()
+    assert len(names) == 28 and names.count("Other Disease") == 1
+    assert labels[("ddd444", "Other Disease")] == 1 and labels[("aaa111", "Other Disease")] == 0
+
+
+# --- CheXpert ----------------------------------------------------------------
+
+CHEX_FINDINGS = [
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+]
+
+
+@pytest.fixture
+def chexpert_parent(tmp_path) -> Path:
+    parent = tmp_path / "downloads"
+    root = parent / "CheXpert-v1.0-small"
+    rows = {
+        "train.csv": [
+            ("train/patient00001/study1/view1_frontal.jpg", "Female", 68, "Frontal", "AP", {"Cardiomegaly": "1.0", "Edema": "-1.0"}),
+            ("train/patient00001/study1/view2_lateral.jpg", "Female", 68, "Lateral", "", {"Cardiomegaly": "1.0"}),
+            ("train/patient00002/study1/view1_frontal.jpg", "Male", 87, "Frontal", "PA", {"No Finding": "1.0", "Pleural Effusion": "0.0"}),
+            ("train/patient00002/study2/view1_frontal.jpg", "Male", 88, "Frontal", "PA", {"Pleural Effusion": "-1.0"}),
+        ],
+        "valid.csv": [
+            ("valid/patient64541/study1/view1_frontal.jpg", "Male", 73, "Frontal", "AP", {f: "0.0" for f in CHEX_FINDINGS}),
+        ],
+    }
+    root.mkdir(parents=True)
+    for name, items in rows.items():
+        recs = []
+        for i, (rel, sex, age, fl, appa, labels) in enumerate(items):
+            recs.append({"Path": f"CheXpert-v1.0-small/{rel}", "Sex": sex, "Age": age, "Frontal/Lateral": fl,
+                         "AP/PA": appa, **{f: labels.get(f, "") for f in CHEX_FINDINGS}})
+            _jpg(root / rel, 60 + 30 * i)
+        pd.DataFrame(recs).to_csv(root / name, index=False)
+    return parent
+
+
+def test_chexpert_from_parent_or_dataset_folder(registry, chexpert_parent):
+    s = ingest_dataset(registry, "chexpert", chexpert_parent, name="chex", image_size=SIZE, workers=1, progress=False)
+    assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 5, 0, 3)
+    ds, imgs = _images(registry, "chex")
+    lat = imgs["train/patient00001/study1/view2_lateral.jpg"]
+    assert lat.view == "lateral" and lat.patient_id == "patient00001" and lat.study_id == "patient00001/study1"
+    front = imgs["train/patient00002/study2/view1_frontal.jpg"]
+    assert front.view == "frontal" and front.view_native == "PA" and front.age == 88 and front.sex == "Male"
+    assert imgs["valid/patient64541/study1/view1_frontal.jpg"].official_part == "val"
+    labels = _labels(registry, "chex")
+    assert labels[("train/patient00001/study1/view1_frontal.jpg", "Edema")] == -1
+    assert labels[("train/patient00002/study2/view1_frontal.jpg", "Pleural Effusion")] == -1
+    assert ("train/patient00001/study1/view1_frontal.jpg", "Pneumonia") not in labels  # blank = no row
+    assert sum(1 for (k, _f) in labels if k.startswith("valid/")) == 14
+    # The same download named by its own folder resolves the same files.
+    s2 = ingest_dataset(registry, "chexpert", chexpert_parent / "CheXpert-v1.0-small", name="chex2",
+                        image_size=SIZE, workers=1, progress=False)
+    assert (s2.n_images, s2.n_ingested) == (5, 5)
+
+
+# --- MIMIC-CXR-JPG -------------------------------------------------------------
+
+
+def _gz_csv(path: Path, df: pd.DataFrame) -> None:
+    with gzip.open(path, "wt", newline="") as fh:
+        df.to_csv(fh, index=False)
+
+
+@pytest.fixture
+def mimic_dir(tmp_path) -> Path:
+    root = tmp_path / "mimic-cxr-jpg" / "2.0.0"
+    root.mkdir(parents=True)
+    images = [  # dicom_id, subject, study, view, split
+        ("02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "10000032", "50414267", "PA", "train"),
+        ("174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "10000032", "50414267", "LATERAL", "train"),
+        ("2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "10000032", "53189527", "AP", "validate"),
+        ("68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714", "10000764", "57375967", "", "test"),
+    ]
+    meta = pd.DataFrame(
+        [{"dicom_id": d, "subject_id": s, "study_id": st, "PerformedProcedureStepDescription": "CHEST (PA AND LAT)",
+          "ViewPosition": v, "Rows": 80, "Columns": 64, "StudyDate": 21800506, "StudyTime": 213014.531,
+          "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)", "ViewCodeSequence_CodeMeaning": "",
+          "PatientOrientationCodeSequence_CodeMeaning": "Erect"} for d, s, st, v, _ in images]
+    )
+    labels = pd.DataFrame(
+        [
+            {"subject_id": "10000032", "study_id": "50414267", **{f: "" for f in CHEX_FINDINGS},
+             "Pleural Effusion": "1.0", "Atelectasis": "-1.0"},
+            {"subject_id": "10000032", "study_id": "53189527", **{f: "" for f in CHEX_FINDINGS}, "No Finding": "1.0"},
+        ]  # study 57375967 has no labels row
+    )[["subject_id", "study_id", *sorted(CHEX_FINDINGS)]]
+    split = pd.DataFrame([{"dicom_id": d, "study_id": st, "subject_id": s, "split": sp} for d, s, st, _v, sp in images])
+    _gz_csv(root / "mimic-cxr-2.0.0-metadata.csv.gz", meta)
+    _gz_csv(root / "mimic-cxr-2.0.0-chexpert.csv.gz", labels)
+    _gz_csv(root / "mimic-cxr-2.0.0-split.csv.gz", split)
+    for i, (d, s, st, _v, _sp) in enumerate(images):
+        _jpg(root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{st}" / f"{d}.jpg", 40 + 40 * i)
+    return root
+
+
+def test_mimic_gz_csvs_study_labels_views_and_split(registry, mimic_dir):
+    s = ingest_dataset(registry, "mimic", mimic_dir, name="mimic", image_size=SIZE, workers=1, progress=False)
+    assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (4, 4, 0, 2)
+    ds, imgs = _images(registry, "mimic")
+    a, b, c, d = (imgs[k] for k in sorted(imgs, key=lambda k: imgs[k].id))
+    assert (a.view, b.view, c.view, d.view) == ("frontal", "lateral", "frontal", "unknown")
+    assert (a.official_part, c.official_part, d.official_part) == ("train", "val", "test")
+    assert a.patient_id == "10000032" and a.study_id == "50414267"
+    labels = _labels(registry, "mimic")
+    for img in (a, b):  # study labels joined to each image of the study
+        assert labels[(img.key, "Pleural Effusion")] == 1 and labels[(img.key, "Atelectasis")] == -1
+    assert labels[(c.key, "No Finding")] == 1
+    assert not any(k == d.key for k, _ in labels)
+    assert any("without a labels row" in n for n in s.notes)
+    # pixel value of a JPEG survives draft decoding
+    assert abs(int(_cache(ds)[a.cache_index][SIZE // 2, SIZE // 2]) - 40) <= 2
+
+
+# --- NIH ChestX-ray14 ---------------------------------------------------------
+
+NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+              "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+
+
+@pytest.fixture
+def nih_dir(tmp_path) -> Path:
+    root = tmp_path / "ChestXray-NIHCC"
+    rows = [
+        ("00000001_000.png", "Cardiomegaly|Effusion", 0, 1, 58, "M", "PA", "images_001"),
+        ("00000001_001.png", "No Finding", 1, 1, 58, "M", "PA", "images_001"),
+        ("00000002_000.png", "Hernia", 0, 2, 81, "F", "AP", "images_002"),
+        ("00000003_000.png", "Pleural_Thickening|Mass", 0, 3, 74, "F", "PA", "images_002"),
+        ("00000004_000.png", "No Finding", 0, 4, 40, "F", "PA", None),  # file missing
+    ]
+    text = NIH_HEADER + "".join(f"{n},{lab},{fu},{pid},{age},{sex},{vp},2500,2048,0.143,0.143\n"
+                                for n, lab, fu, pid, age, sex, vp, _ in rows)
+    root.mkdir()
+    (root / "Data_Entry_2017_v2020.csv").write_text(text)
+    (root / "train_val_list.txt").write_text("00000001_000.png\n00000001_001.png\n00000004_000.png\n")
+    (root / "test_list.txt").write_text("00000002_000.png\n00000003_000.png\n")
+    for i, (n, *_rest, folder) in enumerate(rows):
+        if folder:
+            _png(root / folder / "images" / n, np.full((70, 70, 4), 50 + i * 30, dtype=np.uint8))  # RGBA like NIH
+    return root
+
+
+def test_cxr14_images_0nn_layout_explicit_labels_and_lists(registry, nih_dir):
+    s = ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=2, progress=False)
+    assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 4)
+    assert s.findings[:3] == ["Atelectasis", "Cardiomegaly", "Pleural Effusion"] and len(s.findings) == 14
+    assert "Pleural Thickening" in s.findings and s.unmapped_findings == []
+    ds, imgs = _images(registry, "nih")
+    assert imgs["00000002_000.png"].official_part == "test" and imgs["00000001_001.png"].official_part == "train"
+    assert imgs["00000001_000.png"].age == 58 and imgs["00000002_000.png"].view_native == "AP"
+    assert "not found" in imgs["00000004_000.png"].error
+    labels = _labels(registry, "nih")
+    assert len(labels) == 5 * 14  # every finding explicit 0/1
+    assert labels[("00000001_000.png", "Pleural Effusion")] == 1 and labels[("00000001_001.png", "Cardiomegaly")] == 0
+    assert labels[("00000003_000.png", "Mass")] == 1 and labels[("00000003_000.png", "Nodule")] == 0
+    cache = _cache(ds)
+    for key, value in (("00000001_000.png", 50), ("00000003_000.png", 140)):
+        assert int(cache[imgs[key].cache_index][SIZE // 2, SIZE // 2]) == value
+
+
+# --- PadChest -----------------------------------------------------------------
+
+
+@pytest.fixture
+def padchest_dir(tmp_path) -> Path:
+    root = tmp_path / "PADCHEST_SJ"
+    rows = [
+        ("216840111366964012283393834152009033102258826_00-141-160.png", "0", "216840111366964012283393834152009033102258826",
+         "199977652104183101926373426291893722000", "PA", "['pleural effusion', 'cardiomegaly']"),
+        ("216840111366964012283393834152009033140208626_00-059-087.png", "0", "216840111366964012283393834152009033102258826",
+         "199977652104183101926373426291893722000", "L", "['pleural effusion', 'cardiomegaly']"),
+        ("216840111366964012339356563862009072111404053_00-043-192.png", "1", "216840111366964012339356563862009068084200743",
+         "263101101106220066617380813031208023513", "AP_horizontal", "[' normal ', '']"),
+        ("216840111366964012373310883942009152114636712_00-102-045.png", "1", "216840111366964012373310883942009117084022290",
+         "316102124005320097819451014100152077414", "COSTAL", "['calcified granuloma', 'pleural effusion']"),
+        ("216840111366964012373310883942009152114636713_00-102-046.png", "54", "216840111366964012373310883942009117084022290",
+         "316102124005320097819451014100152077414", "PA", float("nan")),
+    ]
+    df = pd.DataFrame(rows, columns=["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "Labels"])
+    df["StudyDate_DICOM"] = "20090331"
+    df["PatientBirth"] = "1939.0"
+    df["PatientSex_DICOM"] = "F"
+    df["ViewPosition_DICOM"] = df["Projection"]
+    df["MethodProjection"] = "Manual review of DICOM fields"
+    df["Localizations"] = "[]"
+    df["labelCUIS"] = "[]"
+    root.mkdir()
+    with gzip.open(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", "wt", newline="") as fh:
+        df.to_csv(fh, index=False)
+    rng = np.random.default_rng(3)
+    for i, (image_id, image_dir, *_rest) in enumerate(rows):
+        arr = np.full((60, 64), 1000 * (i + 1), dtype=np.uint16)
+        arr[:, 32:] += 3000 + int(rng.integers(0, 100))
+        _png(root / image_dir / image_id, arr)
+    (root / "1" / rows[3][0]).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+def test_padchest_long_ids_labels_and_projections(registry, padchest_dir):
+    s = ingest_dataset(registry, "padchest", padchest_dir, name="pad", image_size=SIZE, workers=1, progress=False)
+    assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 3)
+    assert set(s.findings) == {"Pleural Effusion", "Cardiomegaly", "No Finding", "calcified granuloma"}
+    assert s.unmapped_findings == ["calcified granuloma"]
+    ds, imgs = _images(registry, "pad")
+    first = imgs["216840111366964012283393834152009033102258826_00-141-160.png"]
+    assert first.patient_id == "199977652104183101926373426291893722000"  # exact digits, never a float
+    assert first.study_id == "216840111366964012283393834152009033102258826"
+    assert first.age == 70 and first.view == "frontal"
+    views = sorted(i.view_native + ":" + i.view for i in imgs.values())
+    assert views == ["AP_horizontal:frontal", "COSTAL:unknown", "L:lateral", "PA:frontal", "PA:frontal"]
+    labels = _labels(registry, "pad")
+    assert labels[(first.key, "Pleural Effusion")] == 1 and labels[(first.key, "Cardiomegaly")] == 1
+    assert labels[("216840111366964012339356563862009072111404053_00-043-192.png", "No Finding")] == 1
+    assert len(labels) == 7  # positives only; the NaN Labels row has none
+    c = _cache(ds)[first.cache_index]
+    assert c[SIZE // 2, 2] == 0 and c[SIZE // 2, SIZE - 3] == 255  # own 16-bit range stretched
+    assert c[0].max() == 0  # 60x64 -> 30x32 centred on black
+
+
+# --- vocabulary and small parsers ----------------------------------------------
+
+
+def test_effusion_spellings_share_one_canonical_name():
+    assert {canonical_name(n) for n in ("Pleural effusion", "Pleural Effusion", "Effusion", "pleural effusion")} == {
+        "Pleural Effusion"
+    }
+    fmap = harmonise(["Effusion", "Weird Thing", "Pleural_Thickening"])
+    assert fmap.canonical == ["Pleural Effusion", "Weird Thing", "Pleural Thickening"]
+    assert fmap.unmapped == ("Weird Thing",)
+
+
+def test_padchest_label_parser_and_view_codes():
+    assert parse_padchest_labels("['pleural effusion', ' cardiomegaly', '']") == ["pleural effusion", "cardiomegaly"]
+    assert parse_padchest_labels("[]") == [] and parse_padchest_labels(float("nan")) is None
+    assert parse_padchest_labels("['normal'") == ["normal"]  # unbalanced bracket still read
+    assert [view_of(v) for v in ("PA", "AP AXIAL", "LATERAL", "LL", "L", "", None, "SWIMMERS")] == [
+        "frontal", "frontal", "lateral", "lateral", "lateral", "unknown", "unknown", "unknown"
+    ]
+
+
+def test_export_labels_csv(registry, nih_dir, tmp_path):
+    ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=1, progress=False)
+    out = tmp_path / "nih.csv"
+    info = export_labels(registry, "nih", out)
+    df = pd.read_csv(out, dtype=str)
+    assert info["n_images"] == 5 and list(df.columns[:3]) == ["key", "patient_id", "view"]
+    row = df.set_index("key").loc["00000001_000.png"]
+    assert row["Pleural Effusion"] == "1" and row["Hernia"] == "0" and row["patient_id"] == "1"
