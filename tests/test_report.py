@@ -317,8 +317,8 @@ def test_markdown_report_writes_tables_and_png_files(filled, tmp_path):
     assert "| initialisation | evaluation | run |" in md
     assert "| finding | initialisation | AUC |" in md
     assert "| finding | AUC A | AUC B |" in md
-    assert "**<0.001**" in md and SHA_DINO in md and "main-split" in md
-    assert "Effusion & <fluid>" in md
+    assert "**\\<0.001**" in md and SHA_DINO in md and "main-split" in md
+    assert "Effusion & \\<fluid\\>" in md and "<fluid>" not in md
     links = [line.split("](", 1)[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
     assert len(links) == res.n_figures == 4  # two ROC, epochs, bars
     for link in links:
@@ -442,3 +442,13 @@ def test_finding_without_positives_leaves_macro_over_scoreable_findings(registry
     assert row.auc == pytest.approx(roc_auc_score(y[:, 0], sc[:, 0]))
     assert row.auc_mean is not None and row.ci_low < row.auc_mean < row.ci_high
     assert [f.finding for f in rep.datasets[0].figures if f.kind == "roc"] == ["Mass"]
+
+
+def test_build_report_on_each_backend(any_registry):
+    info = _populate(any_registry)
+    rep = build_report(any_registry, datasets=["toyxr"], n_resamples=50, figures=False)
+    (toy,) = rep.datasets
+    assert {r.init_name: r.evaluation_id for r in toy.inits} == {
+        "imagenet": info["imagenet"], "dinov2": info["dinov2"], "external-model": info["external"]}
+    assert [r.id for r in toy.runs] == [info["run_in"], info["run_dn"]]
+    assert toy.runs[1].val_macro_auc == [0.7, 0.8, 0.86]

@@ -910,7 +910,10 @@ def render_html(report: Report) -> str:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    # Backslash escapes keep names such as "<fluid>" or "a|b" literal in every CommonMark renderer.
+    for ch in ("\\", "|", "<", ">", "*", "_", "`", "[", "]"):
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("\n", " ")
 
 
 def _md_table(cols: Sequence[str], rows: list[list[str]], sig: list[set[int]] | None = None) -> str:
@@ -943,8 +946,8 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
         f"Generated {rep.generated_at} by vitmed {rep.vitmed_version} from the registry at "
         f"`{rep.registry_url}`.", "",
         "For each dataset and initialisation the latest evaluation on the test part is shown. AUC is "
-        f"the macro average over findings; mean ± SD and the 95% CI are over {rep.n_resamples} bootstrap "
-        f"resamples (seed {rep.seed}) of the resampled macro average. Sensitivity, specificity and "
+        f"the macro average over findings; mean ± SD and the 95% CI are those of the macro average over "
+        f"{rep.n_resamples} bootstrap resamples of the test images (seed {rep.seed}). Sensitivity, specificity and "
         "accuracy are at the validation-chosen threshold; \"-\" where none was stored. Bold p-values "
         f"are below {ALPHA}.", "",
     ]
@@ -955,7 +958,7 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
     if rep.figures:
         o += ["## Overview", ""] + [fig_md(f) + "\n" for f in rep.figures]
     for sec in rep.datasets:
-        o += [f"## Dataset {sec.name}", "", "### AUC per initialisation", "",
+        o += [f"## Dataset {_md_cell(sec.name)}", "", "### AUC per initialisation", "",
               _md_table(SUMMARY_COLS, [_summary_cells(r) for r in sec.inits]), "",
               _md_provenance(rep, sec, sec.inits), "",
               "### Per finding", "",
@@ -965,8 +968,8 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
         for c in sec.comparisons:
             sig = [{j for j, p in ((5, r.p_value), (6, r.p_delong), (7, r.p_adjusted)) if _is_sig(p)}
                    for r in c.rows]
-            o += [f"### Comparison {c.id}: {c.label_a} (A, evaluation {c.evaluation_a_id}) vs "
-                  f"{c.label_b} (B, evaluation {c.evaluation_b_id})", "",
+            o += [f"### Comparison {c.id}: {_md_cell(c.label_a)} (A, evaluation {c.evaluation_a_id}) vs "
+                  f"{_md_cell(c.label_b)} (B, evaluation {c.evaluation_b_id})", "",
                   _md_table(CMP_COLS, [_cmp_cells(r) for r in c.rows], sig), "",
                   _md_provenance(rep, sec, [by_eval[i] for i in (c.evaluation_a_id, c.evaluation_b_id)
                                             if i in by_eval],
