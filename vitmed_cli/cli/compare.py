@@ -1,12 +1,134 @@
-"""`vitmed compare`: not provided by this version yet."""
+"""``vitmed compare``: is initialisation A better than B? Paired statistics from the registry."""
 
 from __future__ import annotations
 
+import csv
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from ..errors import NotAvailableYet
+from .. import compare as compare_lib
+from ..errors import InputError
+from ..registry.models import MACRO
+from ._common import JsonOpt, console, err_console, fmt, print_json, state, want_json
 
 
-def compare(ctx: typer.Context) -> None:
-    """Not available yet in this version of vitmed."""
-    raise NotAvailableYet("vitmed compare is not available yet in this version")
+class Part(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+def _p(value) -> str:
+    if value is None:
+        return "-"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _render(result: dict) -> None:
+    for pair in result["pairs"]:
+        table = Table(
+            title=f"[bold]{pair['a']}[/bold] (A) vs [bold]{pair['b']}[/bold] (B) - "
+            f"{pair['n_images']} images, comparison {pair['comparison_id']}",
+        )
+        for col in ("finding", "AUC A", "AUC B", "diff A-B [95% CI]", "bootstrap p", "DeLong p",
+                    "FDR p", "better"):
+            table.add_column(col, justify="left" if col in ("finding", "better") else "right")
+        for r in pair["findings"] + [pair["macro"]]:
+            name = "macro average" if r["finding"] == MACRO else r["finding"]
+            table.add_row(
+                f"[bold]{name}[/bold]" if r["finding"] == MACRO else name,
+                fmt(r["auc_a"]), fmt(r["auc_b"]),
+                f"{r['diff']:+.3f} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+                _p(r["p_value"]), _p(r["p_delong"]), _p(r["p_adjusted"]), r["better"] or "-",
+            )
+        console.print(table)
+        if pair["skipped_findings"]:
+            skipped = ", ".join(f"{s['finding']} ({s['reason']})" for s in pair["skipped_findings"])
+            console.print(f"[yellow]not compared:[/yellow] {skipped}")
+        if pair["n_dropped_images"] or pair["n_label_conflicts"]:
+            console.print(f"[yellow]--intersect:[/yellow] {pair['n_dropped_images']} images left out, "
+                          f"{pair['n_label_conflicts']} disputed labels excluded")
+    console.print(
+        f"[dim]{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}); "
+        f"FDR = Benjamini-Hochberg over all pairs x findings; 'better' where FDR p < {result['alpha']}; "
+        "macro DeLong p is not defined (DeLong tests one AUC, not an average).[/dim]"
+    )
+
+
+def _write_csv(result: dict, target: str) -> None:
+    rows = compare_lib.comparison_rows(result)
+    out = sys.stdout if target == "-" else open(target, "w", newline="")
+    try:
+        w = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def compare(
+    ctx: typer.Context,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset whose evaluations --init picks.")] = None,
+    init: Annotated[Optional[list[str]], typer.Option(
+        "--init", help="An initialisation (dinov2, imagenet, run:ID, or an imported --name); "
+        "its latest evaluation on --part. Repeat: 2 or more.")] = None,
+    eval_ids: Annotated[Optional[list[int]], typer.Option("--eval", help="An evaluation id. Repeat.")] = None,
+    run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="A run id (its latest evaluation on --part). Repeat.")] = None,
+    part: Annotated[Part, typer.Option(help="Split part the evaluations were made on.")] = Part.test,
+    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+    intersect: Annotated[bool, typer.Option(
+        "--intersect", help="Compare on the images both evaluations hold (and leave out disputed labels) "
+        "instead of refusing.")] = False,
+    all_seeds: Annotated[bool, typer.Option(
+        "--all-seeds", help="With --init: take every seed's latest evaluation and compare per pair, "
+        "seed s of A against seed s of B (not pooled); an init with one evaluation meets every seed. "
+        "FDR runs over all those pairs.")] = False,
+    alpha: Annotated[float, typer.Option(help="Significance level for the 'better' column (FDR-adjusted p).")] = 0.05,
+    csv_out: Annotated[Optional[str], typer.Option(
+        "--csv", help="Also write the rows as CSV to FILE ('-' = stdout instead of the table).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare initialisations with a paired bootstrap, DeLong's test and BH-adjusted p-values.
+
+    Two evaluations are aligned by image; different images or labels are refused
+    unless --intersect; only shared findings are compared (the others are named).
+    Three or more models: every pair, FDR over all pairs x findings. Results are
+    stored in the registry for vitmed report.
+
+    Example: vitmed compare --dataset vindr --init dinov2 --init imagenet
+    """
+    as_json = want_json(ctx, json_out)
+    if as_json and csv_out == "-":
+        raise InputError("--json and --csv - both write to stdout - pick one, or give --csv a file name")
+    if csv_out not in (None, "-") and not Path(csv_out).expanduser().resolve().parent.is_dir():
+        raise InputError(f"--csv {csv_out}: folder does not exist - create it or choose another path")
+    registry = state(ctx).registry()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        result = compare_lib.compare(
+            registry, dataset=dataset, inits=init or [], evals=eval_ids or [], runs=run_ids or [],
+            part=part.value, n_resamples=n_resamples, seed=seed, intersect=intersect,
+            all_seeds=all_seeds, alpha=alpha, progress=progress,
+        )
+    if csv_out is not None:
+        _write_csv(result, csv_out)
+    if as_json:
+        pairs = [{k: v for k, v in p.items()} for p in result["pairs"]]
+        print_json(pairs[0] if len(pairs) == 1 else {"group_id": result["group_id"], "pairs": pairs})
+    elif csv_out != "-":
+        _render(result)

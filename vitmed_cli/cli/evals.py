@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import catalog
+from .. import compare as compare_lib
 from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
@@ -47,6 +50,50 @@ def show(ctx: typer.Context, evaluation_id: int, json_out: JsonOpt = False) -> N
     print_record(info, title=f"evaluation {evaluation_id}")
     print_table(metrics, ["finding", "auc", "threshold", "sensitivity", "specificity", "accuracy",
                           "n_positive", "n_negative"], title="per finding")
+
+
+class Uncertain(str, Enum):
+    zeros = "zeros"
+    ones = "ones"
+    ignore = "ignore"
+
+
+class Part(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+                                         help="CSV: image key column, one probability column per finding.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset the images belong to.")],
+    name: Annotated[str, typer.Option("--name", help="Label of this model in comparisons (--init NAME).")],
+    split: Annotated[Optional[str], typer.Option(help="Split whose --part must hold every image.")] = None,
+    part: Annotated[Part, typer.Option(help="Split part the predictions were made on.")] = Part.test,
+    key_col: Annotated[Optional[str], typer.Option(
+        "--key-col", help="Image key column (default: image_id, key or Path if present, else the first).")] = None,
+    uncertain: Annotated[Uncertain, typer.Option(help="Uncertain labels (-1) count as 0, 1, or are left out.")] = Uncertain.zeros,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register predictions made elsewhere (CSV of probabilities) as an evaluation.
+
+    Columns are named by canonical or native finding names; labels come from the registry.
+
+    Example: vitmed evals import external.csv --dataset vindr --split default --name chexnet
+    """
+    out = compare_lib.import_evaluation(
+        state(ctx).registry(), file, dataset=dataset, name=name, split=split, part=part.value,
+        key_col=key_col, uncertain=uncertain.value,
+    )
+    if want_json(ctx, json_out):
+        print_json(out)
+    else:
+        console.print(f"imported evaluation {out['evaluation_id']} ({name}): {out['n_images']} images, "
+                      f"macro AUC {out['macro_auc'] if out['macro_auc'] is None else round(out['macro_auc'], 3)}")
+        print_table([{"finding": k, "auc": v} for k, v in out["findings"].items()], ["finding", "auc"])
 
 
 @app.command("delete")
