@@ -564,9 +564,11 @@ def read_generic_csv(
         if ignored:
             notes.append(f"columns not read as findings (values other than 0/1/-1/blank): {', '.join(ignored)}")
     if not natives:
+        others = [c for c in df.columns if c not in meta]
         raise InputError(
-            f"{csv_path} has no finding columns (columns holding only 1, 0, -1 or blank) - "
-            "add them or name them with --findings A,B,C"
+            f"{csv_path} has no finding columns (columns holding only 1, 0, -1 or blank"
+            + (f"; not findings: {', '.join(others)}" if others else "")
+            + ") - add them or name them with --findings A,B,C"
         )
     mat = label_matrix(df, natives, csv_path)
     paths = _clean_str(df[path_col])
@@ -805,8 +807,7 @@ def build_cache(
             .where(table.c.dataset_id == dataset_id)
             .order_by(table.c.id)
         ).all()
-    had_cache = cache_path.is_file()
-    ensure_cache(cache_path, len(rows), size)
+    had_cache = ensure_cache(cache_path, len(rows), size)
     tasks = [
         (image_id, row, path)
         for row, (image_id, path, readable, cache_index) in enumerate(rows)

@@ -105,8 +105,12 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 # --- the cache -------------------------------------------------------------
 
 
-def ensure_cache(path: Path, n_rows: int, size: int) -> Path:
-    """Create the cache file, or grow it to ``n_rows`` keeping its rows; returns the path."""
+def ensure_cache(path: Path, n_rows: int, size: int) -> bool:
+    """Create the cache file, or grow it to ``n_rows`` keeping its rows.
+
+    Returns True when earlier rows were kept, False when the file is new (so
+    every image must be decoded again).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -116,21 +120,22 @@ def ensure_cache(path: Path, n_rows: int, size: int) -> Path:
             old = None  # a torn file from a crash: start again, rows are re-decoded
         if old is not None and old.dtype == np.uint8 and old.shape[1:] == (size, size):
             if old.shape[0] >= n_rows:
-                return path
+                return True
             tmp = path.with_suffix(".grow.npy")
             new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_rows, size, size))
             step = 4096
             for start in range(0, old.shape[0], step):
-                new[start : start + step] = old[start : start + step]
+                stop = min(start + step, old.shape[0])
+                new[start:stop] = old[start:stop]
             new.flush()
             del new, old
             os.replace(tmp, path)
-            return path
+            return True
         del old
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(n_rows, 1), size, size))
     mm.flush()
     del mm
-    return path
+    return False
 
 
 def open_cache(path: str | os.PathLike) -> np.ndarray:
