@@ -1,12 +1,125 @@
-"""`vitmed finetune`: not provided by this version yet."""
+"""``vitmed finetune``: fine-tune a model from a registered initialisation, recorded in the registry."""
 
 from __future__ import annotations
 
+import json
+import os
+from enum import Enum
+from typing import Annotated, Any, Optional
+
 import typer
 
-from ..errors import NotAvailableYet
+from .. import train
+from ..data import UncertainPolicy
+from ..errors import ConfigError
+from ._common import JsonOpt, console, err_console, print_json, print_table, state, want_json
 
 
-def finetune(ctx: typer.Context) -> None:
-    """Not available yet in this version of vitmed."""
-    raise NotAvailableYet("vitmed finetune is not available yet in this version")
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Scheduler(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+def parse_model_kwargs(raw: str | None) -> dict[str, Any]:
+    """``--model-kwargs`` as a dict; a clear error for anything but a JSON object."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"--model-kwargs is not valid JSON ({exc.msg}) - write an object, e.g. "
+            '\'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\''
+        ) from exc
+    if not isinstance(value, dict):
+        raise ConfigError(
+            '--model-kwargs must be a JSON object, e.g. \'{"depth": 2, "embed_dim": 64}\''
+        )
+    return value
+
+
+def finetune(
+    ctx: typer.Context,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset to train on (as ingested).")] = None,
+    init: Annotated[str, typer.Option(
+        help="Starting weights: random, dinov2, imagenet, run:<id>, ckpt:<id> or a registered name.")] = "random",
+    split: Annotated[Optional[str], typer.Option(help="Split to use. Default: the dataset's newest split.")] = None,
+    arch: Annotated[Optional[str], typer.Option(
+        help="timm architecture. Default: the init's (random: vit_base_patch16_224).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        help="Training image size in pixels. Default: the image cache's size (224 as ingested).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(
+        help=f"Epochs to train. Default: {train.DEFAULT_EPOCHS}; with --resume, the run's planned epochs.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch (per GPU under torchrun).")] = train.DEFAULT_BATCH_SIZE,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the study: 1e-5).")] = train.DEFAULT_LR,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = train.DEFAULT_WEIGHT_DECAY,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and augmentation.")] = 0,
+    device: Annotated[Device, typer.Option(help="Where to train: a GPU when there is one (auto), or cpu/cuda.")] = Device.auto,
+    uncertain: Annotated[UncertainPolicy, typer.Option(
+        help="Uncertain labels (-1) become negatives (zeros), positives (ones) or are left out (ignore).")] = UncertainPolicy.zeros,
+    early_stop: Annotated[Optional[int], typer.Option(
+        help="Stop after this many epochs without a better validation macro AUC. Default: off.")] = None,
+    num_workers: Annotated[int, typer.Option(help="Loader threads (0 = load in the main thread).")] = train.DEFAULT_NUM_WORKERS,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
+    model_kwargs: Annotated[Optional[str], typer.Option(
+        help='Extra timm model options as JSON, e.g. \'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\'.')] = None,
+    scheduler: Annotated[Scheduler, typer.Option(help="Learning-rate schedule (the study: constant).")] = Scheduler.constant,
+    resume: Annotated[Optional[int], typer.Option(
+        "--resume", metavar="RUN_ID", help="Continue an interrupted or crashed run exactly where it stopped.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fine-tune a ViT on a dataset's training part; validation AUC every epoch, best epoch kept.
+
+    Ctrl-C or SIGTERM stops at a safe point; continue with --resume RUN_ID.
+    For several GPUs: torchrun --nproc_per_node 8 -m vitmed_cli finetune ...
+
+    Example: vitmed finetune --dataset vindr --init dinov2 --epochs 10 --batch-size 32
+    """
+    as_json = want_json(ctx, json_out)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    registry = state(ctx).registry()
+    progress = not quiet and main_rank
+    if resume is not None:
+        result = train.resume(registry, resume, epochs=epochs,
+                              device=None if device is Device.auto else device.value,
+                              progress=progress)
+    else:
+        if not dataset:
+            raise ConfigError("--dataset is required (or --resume RUN_ID) - see vitmed datasets list")
+        result = train.finetune(
+            registry, dataset=dataset, init=init, split=split, arch=arch, image_size=image_size,
+            epochs=epochs if epochs is not None else train.DEFAULT_EPOCHS, batch_size=batch_size,
+            lr=lr, weight_decay=weight_decay, seed=seed, device=device.value,
+            uncertain=uncertain.value, early_stop=early_stop, num_workers=num_workers,
+            compile=compile_model, progress=progress, model_kwargs=parse_model_kwargs(model_kwargs),
+            scheduler=scheduler.value,
+        )
+    if not main_rank:
+        return
+    out = {
+        "run_id": result.run_id, "status": result.status, "best_epoch": result.best_epoch,
+        "best_val_macro_auc": result.best_val_macro_auc, "epochs_done": result.epochs_done,
+        "epochs_planned": result.epochs_planned, "checkpoints": result.checkpoints,
+        "history": result.history,
+    }
+    if as_json:
+        print_json(out)
+    else:
+        print_table(result.history, ["epoch", "train_loss", "val_loss", "val_macro_auc", "seconds",
+                                     ("images_per_second", "images/s")],
+                    title=f"run {result.run_id}")
+        console.print(
+            f"run {result.run_id} {result.status}: best epoch {result.best_epoch}, "
+            f"validation macro AUC {result.best_val_macro_auc if result.best_val_macro_auc is None else round(result.best_val_macro_auc, 4)}"
+        )
+    if result.status == "interrupted":
+        err_console.print(result.message or f"continue with: vitmed finetune --resume {result.run_id}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(130)

@@ -1,12 +1,59 @@
-"""`vitmed predict`: not provided by this version yet."""
+"""``vitmed predict``: score a split part with a trained run and store the evaluation."""
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Annotated, Optional
+
 import typer
 
-from ..errors import NotAvailableYet
+from .. import predict as predict_lib
+from ._common import JsonOpt, console, print_json, print_table, state, want_json
+from .finetune import Device
 
 
-def predict(ctx: typer.Context) -> None:
-    """Not available yet in this version of vitmed."""
-    raise NotAvailableYet("vitmed predict is not available yet in this version")
+class Part(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+class Role(str, Enum):
+    best = "best"
+    last = "last"
+
+
+def predict(
+    ctx: typer.Context,
+    run: Annotated[int, typer.Option("--run", metavar="RUN_ID", help="The trained run to predict with.")],
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Dataset to score. Default: the run's own; another dataset is scored on the findings both share.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Split of that dataset. Default: the run's split (own dataset) or the newest split.")] = None,
+    part: Annotated[Part, typer.Option(help="Split part to score.")] = Part.test,
+    checkpoint: Annotated[Role, typer.Option(help="The run's best (by validation macro AUC) or last epoch.")] = Role.best,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = predict_lib.DEFAULT_PREDICT_BATCH,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    name: Annotated[Optional[str], typer.Option(help="Name of the stored evaluation.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Store the probability of every finding for every image of a split part, with AUC per finding
+    and sensitivity/specificity/accuracy at the threshold chosen on the validation part.
+
+    Example: vitmed predict --run 3 --part test --json
+    """
+    result = predict_lib.predict(
+        state(ctx).registry(), run_id=run, dataset=dataset, split=split, part=part.value,
+        checkpoint=checkpoint.value, batch_size=batch_size, device=device.value, name=name,
+    )
+    if want_json(ctx, json_out):
+        print_json(result.to_dict())
+        return
+    print_table(result.metrics, ["finding", "auc", "threshold", "sensitivity", "specificity",
+                                 "accuracy", "n_positive", "n_negative"],
+                title=f"evaluation {result.evaluation_id}: run {result.run_id} on "
+                      f"{result.dataset}/{result.split}:{result.part} ({result.n_images} images)")
+    macro = "-" if result.macro_auc is None else f"{result.macro_auc:.4f}"
+    console.print(f"macro AUC {macro}")
+    if result.skipped_findings:
+        console.print(f"skipped (not shared by model and dataset): {', '.join(result.skipped_findings)}")
