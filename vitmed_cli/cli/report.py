@@ -20,7 +20,7 @@ def report(
     ctx: typer.Context,
     dataset: Annotated[
         Optional[list[str]],
-        typer.Option("--dataset", "-d", help="Only this dataset (repeat for several). Default: all."),
+        typer.Option("--dataset", "-d", metavar="NAME", help="Only this dataset (repeat for several). Default: all."),
     ] = None,
     out: Annotated[
         Optional[Path],
@@ -64,5 +64,6 @@ def report(
         return
     console.print(
         f"wrote {written.path} ({written.format}: {len(written.datasets)} dataset(s), "
-        f"{written.n_tables} tables, {written.n_figures} figures)"
+        f"{written.n_tables} tables, {written.n_figures} figures)",
+        soft_wrap=True,
     )
