@@ -338,7 +338,8 @@ def test_changed_file_is_refused_at_load_time(registry, tmp_path, empty_hub):
         models.create_model(spec.arch, 2, 70, spec)
 
 
-def test_register_checkpoint_is_idempotent_on_sha_arch_role(registry, tmp_path):
+def test_register_checkpoint_is_idempotent_on_sha_arch_role(any_registry, tmp_path):
+    registry = any_registry
     path, _ = _test_vit_safetensors(tmp_path)
     with registry.session() as s:
         a = weights.register_checkpoint(s, path, arch="test_vit", init="x", source="file")
