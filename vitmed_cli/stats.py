@@ -280,18 +280,21 @@ class _Engine:
             (np.ones(rr.size, dtype=np.float32), (rr, cc)), shape=(max(r0, 1), n)
         )
         self.g.sum_duplicates()
+        # one row slice per finding and model: each product is small enough that
+        # transposing it to (resamples, bins) stays in cache
+        self.parts = [
+            (j, mi, self.g[r0 : r0 + 3 * nlev + 1], nlev) for j, mi, r0, nlev in self.blocks if nlev
+        ]
         self.k, self.n_models = k, len(models)
 
     def aucs(self, wt: np.ndarray) -> np.ndarray:
         """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate."""
         c = wt.shape[1]
-        tot = np.ascontiguousarray((self.g @ wt)[: self.n_rows].T, dtype=np.float64)  # (c, rows)
         out = np.full((self.n_models, self.k, c), np.nan)
-        for j, mi, r0, nlev in self.blocks:
-            if nlev == 0:
-                continue
-            other = tot[:, r0 : r0 + 2 * nlev + 1]
-            levels = tot[:, r0 + 2 * nlev + 1 : r0 + 3 * nlev + 1]
+        for j, mi, g, nlev in self.parts:
+            tot = np.array((g @ wt).T, dtype=np.float64, order="C")  # (c, 3 * nlev + 1) bin totals
+            other = tot[:, : 2 * nlev + 1]
+            levels = tot[:, 2 * nlev + 1 :]
             cum = np.cumsum(other, axis=1)
             # twice (other-class weight below level k, bins 0..2k, plus half the ties, bin 2k+1)
             twice = 2 * cum[:, 0 : 2 * nlev : 2] + other[:, 1::2]
