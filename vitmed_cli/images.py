@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .dicom import decode_dicom, is_dicom, reduce_factor
+from .dicom import box_reduce, decode_dicom, is_dicom, reduce_factor
 from .errors import InputError
 
 
@@ -72,12 +72,11 @@ def _decode_pil(path: str, size: int) -> np.ndarray:
         img.load()
         mode = img.mode
         if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            if mode != "I":
-                img = img.convert("I")
-            factor = reduce_factor(img.size[::-1], size)
-            if factor > 1:
-                img = img.reduce(factor)
-            return fit_square(_stretch_to_uint8(np.asarray(img)), size)
+            arr = np.asarray(img)
+            if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 0xFFFF:
+                arr = arr.astype(np.uint16)
+            arr = box_reduce(arr, reduce_factor(arr.shape, size))
+            return fit_square(_stretch_to_uint8(arr), size)
         if mode == "F":
             return fit_square(_stretch_to_uint8(np.asarray(img)), size)
         if mode != "L":
