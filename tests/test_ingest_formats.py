@@ -106,7 +106,8 @@ def vindr_dir(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("policy", ["majority", "any"])
-def test_vindr_layout_policies_and_quirks(registry, vindr_dir, policy):
+def test_vindr_layout_policies_and_quirks(any_registry, vindr_dir, policy):
+    registry = any_registry
     s = ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1,
                        label_policy=policy if policy != "majority" else None, progress=False)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, None)
@@ -166,7 +167,8 @@ def chexpert_parent(tmp_path) -> Path:
     return parent
 
 
-def test_chexpert_from_parent_or_dataset_folder(registry, chexpert_parent):
+def test_chexpert_from_parent_or_dataset_folder(any_registry, chexpert_parent):
+    registry = any_registry
     s = ingest_dataset(registry, "chexpert", chexpert_parent, name="chex", image_size=SIZE, workers=1, progress=False)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 5, 0, 3)
     ds, imgs = _images(registry, "chex")
@@ -226,7 +228,8 @@ def mimic_dir(tmp_path) -> Path:
     return root
 
 
-def test_mimic_gz_csvs_study_labels_views_and_split(registry, mimic_dir):
+def test_mimic_gz_csvs_study_labels_views_and_split(any_registry, mimic_dir):
+    registry = any_registry
     s = ingest_dataset(registry, "mimic", mimic_dir, name="mimic", image_size=SIZE, workers=1, progress=False)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (4, 4, 0, 2)
     ds, imgs = _images(registry, "mimic")
@@ -272,7 +275,8 @@ def nih_dir(tmp_path) -> Path:
     return root
 
 
-def test_cxr14_images_0nn_layout_explicit_labels_and_lists(registry, nih_dir):
+def test_cxr14_images_0nn_layout_explicit_labels_and_lists(any_registry, nih_dir):
+    registry = any_registry
     s = ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=2, progress=False)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 4)
     assert s.findings[:3] == ["Atelectasis", "Cardiomegaly", "Pleural Effusion"] and len(s.findings) == 14
@@ -328,7 +332,8 @@ def padchest_dir(tmp_path) -> Path:
     return root
 
 
-def test_padchest_long_ids_labels_and_projections(registry, padchest_dir):
+def test_padchest_long_ids_labels_and_projections(any_registry, padchest_dir):
+    registry = any_registry
     s = ingest_dataset(registry, "padchest", padchest_dir, name="pad", image_size=SIZE, workers=1, progress=False)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 3)
     assert set(s.findings) == {"Pleural Effusion", "Cardiomegaly", "No Finding", "calcified granuloma"}
@@ -370,7 +375,8 @@ def test_padchest_label_parser_and_view_codes():
     ]
 
 
-def test_export_labels_csv(registry, nih_dir, tmp_path):
+def test_export_labels_csv(any_registry, nih_dir, tmp_path):
+    registry = any_registry
     ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=1, progress=False)
     out = tmp_path / "nih.csv"
     info = export_labels(registry, "nih", out)
