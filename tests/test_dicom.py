@@ -61,6 +61,22 @@ def test_without_window_the_image_range_is_stretched(tmp_path):
     assert np.array_equal(got, expected)
 
 
+def test_voi_lut_sequence_is_applied(tmp_path):
+    from pydicom.dataset import Dataset
+
+    px = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
+    path = write_dicom(tmp_path / "voi.dcm", px)
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new(0x00283006, "OW", (4095 - np.arange(4096)).astype("<u2").tobytes())  # reversed ramp
+    ds.VOILUTSequence = [item]
+    ds.save_as(path, enforce_file_format=True)
+    got = read_dicom(path)
+    expected = np.rint((4095 - px.astype(np.float64)) / 4095 * 255).astype(np.uint8)  # LUT output range
+    assert np.array_equal(got, expected)
+
+
 def test_signed_12_bit_values(tmp_path):
     px = np.array([[-2048, -1], [0, 2047]], dtype=np.int16)
     got = read_dicom(write_dicom(tmp_path / "s.dcm", px, signed=True, window=(0, 4096)))

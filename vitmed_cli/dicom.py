@@ -69,7 +69,8 @@ def _voi(values: np.ndarray, ds) -> np.ndarray:
     center = _first(ds.get("WindowCenter"))
     width = _first(ds.get("WindowWidth"))
     if "VOILUTSequence" in ds and (center is None or width is None):
-        y = apply_voi_lut(x, ds, prefer_lut=True).astype(np.float64)
+        # LUT entries are indexed by integer modality values.
+        y = apply_voi_lut(np.rint(x).astype(np.int64), ds, prefer_lut=True).astype(np.float64)
         lo, hi = float(y.min()), float(y.max())
         return (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
     if center is not None and width is not None and float(width) > 0:

@@ -57,18 +57,18 @@ def ingest(
         Optional[LabelPolicy],
         typer.Option("--label-policy", help="vindr: combine radiologists by majority (default) or any.", show_default=False),
     ] = None,
-    path_col: Annotated[Optional[str], typer.Option("--path-col", help="csv: image path column [default: path].", show_default=False)] = None,
+    path_col: Annotated[Optional[str], typer.Option("--path-col", help="csv: image path column (default: path).", show_default=False)] = None,
     patient_col: Annotated[
-        Optional[str], typer.Option("--patient-col", help="csv: patient column [default: patient_id].", show_default=False)
+        Optional[str], typer.Option("--patient-col", help="csv: patient column (default: patient_id).", show_default=False)
     ] = None,
-    view_col: Annotated[Optional[str], typer.Option("--view-col", help="csv: view column [default: view].", show_default=False)] = None,
+    view_col: Annotated[Optional[str], typer.Option("--view-col", help="csv: view column (default: view).", show_default=False)] = None,
     findings: Annotated[
-        Optional[str], typer.Option("--findings", help="csv: finding columns A,B,C [default: every 0/1/-1 column].", show_default=False)
+        Optional[str], typer.Option("--findings", help="csv: finding columns A,B,C (default: every 0/1/-1 column).", show_default=False)
     ] = None,
     n_images: Annotated[Optional[int], typer.Option("--n-images", help="synthetic: number of images.", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="synthetic: random seed [default: 0].", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="synthetic: random seed (default: 0).", show_default=False)] = None,
     flavour: Annotated[
-        Optional[Flavour], typer.Option("--flavour", help="synthetic: source or target [default: source].", show_default=False)
+        Optional[Flavour], typer.Option("--flavour", help="synthetic: source or target (default: source).", show_default=False)
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     json_out: JsonOpt = False,
