@@ -186,3 +186,27 @@ def test_cli_finetune_json(registry, tmp_path):
     assert out["status"] == "completed" and out["best_epoch"] == 1
     with registry.session() as s:
         assert s.get(Run, out["run_id"]).status == "completed"
+
+
+def test_cli_sigterm_stops_with_exit_130_and_the_resume_command(registry, tmp_path, monkeypatch):
+    build_dataset(registry, tmp_path, n=120)
+    original = train_mod.Trainer.step
+    calls = []
+
+    def step_then_term(self, x, y):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)  # as sent by a scheduler or `kill`
+        return original(self, x, y)
+
+    monkeypatch.setattr(train_mod.Trainer, "step", step_then_term)
+    result = _invoke(registry, "finetune", "--dataset", "toy", "--epochs", "2", *TINY_ARGS)
+    assert result.exit_code == 130
+    with registry.session() as s:
+        run = s.scalars(select(Run)).one()
+        assert run.status == "interrupted" and run.epochs_done == 0
+    assert result.stderr.strip().splitlines() == [
+        "stopping at the next safe point and saving a resumable checkpoint (Ctrl-C again to abort at once)",
+        f"run {run.id} interrupted - continue it with: vitmed finetune --resume {run.id}",
+    ]
+    assert len(calls) == 1  # stopped at the first batch boundary

@@ -706,6 +706,10 @@ def finetune(
                 setup = _start_run(registry, cfg, info)
             except VitmedError as exc:
                 setup = exc
+            except Exception as exc:  # other ranks wait on the broadcast: tell them, then fail
+                if not info.active:
+                    raise
+                setup = TrainingError(f"cannot start the run: {type(exc).__name__}: {exc}")
         setup = _broadcast(setup, info)
         if isinstance(setup, VitmedError):
             raise setup
@@ -994,7 +998,7 @@ def _execute(
                         run.best_epoch, run.best_val_macro_auc = best_epoch, best_auc
                         run.resume_path = str(resume_file)
                     if bar:
-                        bar.console.log(
+                        bar.console.print(
                             f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val loss "
                             f"{val_loss:.4f}, val macro AUC {macro:.4f}" + (" (best)" if improved else "")
                         )
