@@ -282,3 +282,20 @@ def test_cli_errors(registry, sqlite_url, tmp_path):
                     "random patient-level split with: vitmed split toy")
     _one_line_error(run(sqlite_url, "split", "toy", "--export", "nope"),
                     "dataset 'toy' has no split 'nope' (run: vitmed split toy)")
+
+
+def test_split_of_an_ingested_synthetic_dataset(registry, tmp_path):
+    from vitmed_cli.datasets import ingest_dataset
+    from vitmed_cli.synthetic import write_synthetic
+
+    csv_path = write_synthetic(tmp_path / "syn", n_images=90, seed=2, image_size=64)
+    ingest_dataset(registry, "csv", csv_path, name="syn", image_size=32, workers=1, progress=False)
+    info = make_split(registry, "syn", val=0.15, test=0.25, seed=0)
+    rows = assignment(registry, info["id"])
+    assert len(rows) == 90  # laterals are assigned with their patient
+    parts_of: dict[str, set] = {}
+    for pid, part in rows.values():
+        parts_of.setdefault(pid, set()).add(part)
+    assert all(len(v) == 1 for v in parts_of.values()) and len(parts_of) > 20
+    for part in ("train", "val", "test"):
+        assert all(n > 0 for n in info["parts"][part]["positives"].values()), info["parts"]

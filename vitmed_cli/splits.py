@@ -243,7 +243,7 @@ def check_no_leakage(session, split_id: int) -> None:
         more = f" and {len(leaks) - 5} more" if len(leaks) > 5 else ""
         raise SplitLeakage(
             f"split {sp.name if sp else split_id!r} puts {len(leaks)} patient(s) in more than one "
-            f"part ({shown}{more}) - nothing was stored; make a patient-level split with vitmed split"
+            f"part ({shown}{more}) - make it again by patient with vitmed split DATASET --name NEW"
         )
 
 

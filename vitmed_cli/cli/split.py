@@ -42,7 +42,7 @@ def _render(info: dict[str, Any]) -> None:
 
 def split(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Dataset name, as given to vitmed ingest --name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name, as given to vitmed ingest --name.")],
     val: Annotated[float, typer.Option("--val", help="Fraction of images (by patient) for validation.")] = 0.1,
     test: Annotated[float, typer.Option("--test", help="Fraction of images (by patient) for testing.")] = 0.2,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same split.")] = 0,
