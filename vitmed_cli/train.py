@@ -216,16 +216,24 @@ def model_norm(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, 
 
 
 class _LrLambda:
-    """Constant (the study) or cosine decay over the planned steps; a class so its state saves."""
+    """Constant (the study), or linear warm-up over the first 10% of steps then cosine decay
+    (the usual recipe for a ViT trained from scratch); a class so its state saves."""
+
+    WARMUP_FRACTION = 0.1
 
     def __init__(self, kind: str, total_steps: int):
         self.kind = kind
         self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = int(self.WARMUP_FRACTION * self.total_steps) if kind == "cosine" else 0
 
     def __call__(self, step: int) -> float:
-        if self.kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
-        return 1.0
+        if self.kind != "cosine":
+            return 1.0
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        done = min(step - self.warmup_steps, span)
+        return 0.5 * (1.0 + math.cos(math.pi * done / span))
 
 
 class Trainer:
