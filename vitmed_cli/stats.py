@@ -17,6 +17,8 @@ Conventions
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -225,12 +227,13 @@ def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:
     """How often each image occurs in each resample, as float32 ``(n, c)`` (images x resamples).
 
     Counted row by row (each row's scatter stays in cache), then transposed;
-    float32 holds counts and bin totals exactly below 2**24 images.
+    float32 holds counts and (twice the) bin totals exactly below 2**23 images.
     """
     c = idx.shape[0]
     flat = idx.astype(np.int64) + (np.arange(c, dtype=np.int64) * n)[:, None]
     w = np.bincount(flat.ravel(), minlength=n * c).reshape(c, n)
-    return np.ascontiguousarray(w.T, dtype=np.float32)
+    # 2 * (a bin total) must stay an exact whole number: float32 below 2**23 images
+    return np.ascontiguousarray(w.T, dtype=np.float32 if n < 2**23 else np.float64)
 
 
 class _Engine:
@@ -286,22 +289,47 @@ class _Engine:
             (j, mi, self.g[r0 : r0 + 3 * nlev + 1], nlev) for j, mi, r0, nlev in self.blocks if nlev
         ]
         self.k, self.n_models = k, len(models)
+        workers = min(len(self.parts), os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
     def aucs(self, wt: np.ndarray) -> np.ndarray:
-        """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate."""
+        """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate.
+
+        Bin totals stay in the (bins, resamples) layout of the sparse product, so
+        nothing is transposed; they are whole numbers below 2**24, exact in float32
+        (see :func:`_counts_t`), and only the final products are taken in float64.
+        The level class is cumulated (``nlev`` rows, not the other class's
+        ``2 * nlev + 1``), and findings run on a thread pool: the sparse product and
+        the cumulative sum release the GIL.
+        """
         c = wt.shape[1]
         out = np.full((self.n_models, self.k, c), np.nan)
-        for j, mi, g, nlev in self.parts:
-            tot = np.array((g @ wt).T, dtype=np.float64, order="C")  # (c, 3 * nlev + 1) bin totals
-            other = tot[:, : 2 * nlev + 1]
-            levels = tot[:, 2 * nlev + 1 :]
-            cum = np.cumsum(other, axis=1)
-            # twice (other-class weight below level k, bins 0..2k, plus half the ties, bin 2k+1)
-            twice = 2 * cum[:, 0 : 2 * nlev : 2] + other[:, 1::2]
-            num2 = np.einsum("ij,ij->i", levels, twice)
-            den = levels.sum(axis=1) * cum[:, -1]
+
+        def one(part) -> None:
+            j, mi, g, nlev = part
+            tot = g @ wt  # (3 * nlev + 1, c) bin totals
+            other = tot[: 2 * nlev + 1]
+            levels = tot[2 * nlev + 1 :]
+            # above[k] = level-class weight at levels >= k (above[nlev] = 0)
+            above = np.zeros((nlev + 1, c), dtype=tot.dtype)
+            np.cumsum(levels[::-1], axis=0, out=above[nlev - 1 :: -1])
+            # twice the AUC numerator: other-class weight strictly between levels k-1 and k
+            # counts every level >= k; at a tie with level k, levels > k and half of level k
+            num2 = np.einsum("ij,ij->j", other[0::2], 2 * above, dtype=np.float64)
+            num2 += np.einsum("ij,ij->j", other[1::2], 2 * above[1:] + levels, dtype=np.float64)
+            den = above[0].astype(np.float64) * other.sum(axis=0, dtype=np.float64)
             ok = den > 0
             out[mi, j, ok] = num2[ok] / (2.0 * den[ok])
+
+        if self.pool is None:
+            for part in self.parts:
+                one(part)
+        else:
+            list(self.pool.map(one, self.parts))
         return out
 
 
@@ -332,12 +360,15 @@ def _bootstrap_aucs(
     engine = _Engine(y, models)
     out = np.empty((len(models), k, n_resamples))
     done = 0
-    for idx in blocks:
-        c = idx.shape[0]
-        out[:, :, done : done + c] = engine.aucs(_counts_t(idx, n))
-        done += c
-        if progress is not None:
-            progress(c)
+    try:
+        for idx in blocks:
+            c = idx.shape[0]
+            out[:, :, done : done + c] = engine.aucs(_counts_t(idx, n))
+            done += c
+            if progress is not None:
+                progress(c)
+    finally:
+        engine.close()
     return out
 
 
