@@ -120,19 +120,7 @@ def _latest_eval(session, *, dataset_id: int | None, part: str, run_id: int | No
 
 
 def _picks_for_init(session, dataset, init: str, part: str, all_seeds: bool) -> list[_Pick]:
-    if init.startswith("run:"):
-        try:
-            run_id = int(init[4:])
-        except ValueError:
-            raise InputError(f"--init {init!r}: run:ID needs a number, e.g. run:7") from None
-        get_run(session, run_id)
-        ev = _latest_eval(session, dataset_id=dataset.id, part=part, run_id=run_id)
-        if ev is None:
-            raise NotFound(
-                f"run {run_id} has no evaluation on the {part} part of {dataset.name!r} - "
-                f"run: vitmed predict --run {run_id}"
-            )
-        return [_Pick(ev.id, init)]
+    """Evaluations of models started from ``init`` (a run's init name: dinov2, run:7, ...)."""
     if not all_seeds:
         ev = _latest_eval(session, dataset_id=dataset.id, part=part, init=init)
         if ev is None:

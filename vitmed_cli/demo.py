@@ -159,7 +159,7 @@ def run_demo(
         _step(notify, "4/5 predict the target test part and compare the initialisations")
         evals = {init: predict(registry, run_id=rid, part="test").evaluation_id
                  for init, rid in runs.items()}
-        result = compare(registry, evals=[evals[i] for i in inits],
+        result = compare(registry, dataset=TARGET, inits=inits,
                          n_resamples=s.n_resamples, seed=s.seed)
 
         _step(notify, "5/5 write the report")
