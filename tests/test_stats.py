@@ -212,3 +212,12 @@ def test_misaligned_arrays_are_refused():
         stats.paired_bootstrap(np.zeros((5, 2)), np.zeros((5, 2)), np.zeros((4, 2)))
     with pytest.raises(StatsError, match="1, 0 or NaN"):
         stats.roc_auc([0, 2, 1], [0.1, 0.2, 0.3])
+
+
+def test_delong_reports_no_p_value_for_a_difference_without_variance():
+    # one positive, one negative: AUC 1 vs 0 with zero estimated variance
+    r = stats.delong_test(np.array([1.0, 0.0]), np.array([0.9, 0.1]), np.array([0.1, 0.9]))
+    assert r.diff == 1.0 and r.se == 0.0
+    assert np.isnan(r.p_value) and np.isnan(r.ci_low) and np.isnan(r.ci_high)
+    same = stats.delong_test(np.array([1.0, 0.0]), np.array([0.9, 0.1]), np.array([0.8, 0.2]))
+    assert same.diff == 0.0 and same.p_value == 1.0

@@ -174,16 +174,19 @@ def _delong_1d(y: np.ndarray, a: np.ndarray, b: np.ndarray, level: float) -> DeL
     diff = float(aucs[0] - aucs[1])
     se = float(np.sqrt(max(var, 0.0)))
     zq = float(ndtri(0.5 + level / 2.0))
+    ci_low, ci_high = diff - zq * se, diff + zq * se
     if se > 1e-12:
         z = diff / se
         p = float(2.0 * ndtr(-abs(z)))
-    else:
+    elif abs(diff) < 1e-12:
         # identical rankings: no variance of the difference, nothing to detect
-        z = 0.0 if abs(diff) < 1e-12 else float("inf") * np.sign(diff)
-        p = 1.0 if abs(diff) < 1e-12 else 0.0
+        z, p = 0.0, 1.0
+    else:
+        # a difference with zero estimated variance (tiny or perfectly separated samples):
+        # the normal approximation says nothing, so report no p-value rather than p = 0
+        z = p = ci_low = ci_high = float("nan")
     return DeLongResult(
-        float(aucs[0]), float(aucs[1]), diff, se, float(z), p,
-        diff - zq * se, diff + zq * se, m, n,
+        float(aucs[0]), float(aucs[1]), diff, se, float(z), p, ci_low, ci_high, m, n,
     )
 
 
@@ -598,21 +601,15 @@ def threshold_metrics(y_true, scores, threshold: float) -> dict[str, float]:
 
 
 def fdr_bh(p_values) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (as statsmodels ``multipletests(method='fdr_bh')``).
+    """Benjamini-Hochberg adjusted p-values, by statsmodels ``multipletests(method="fdr_bh")``.
 
     NaN entries stay NaN and do not count towards the number of tests.
     """
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
-    q = p[ok]
-    m = q.size
-    if m == 0:
-        return out
-    order = np.argsort(q)
-    scaled = q[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(scaled[::-1])[::-1]
-    res = np.empty(m)
-    res[order] = np.minimum(adj, 1.0)
-    out[ok] = res
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="fdr_bh")[1]
     return out

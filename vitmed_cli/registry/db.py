@@ -190,6 +190,12 @@ class Registry:
                 f"registry error at {self.url}: {_first_line(exc.orig)} - nothing was stored; "
                 "check the server or file and try again"
             ) from exc
+        except DBAPIError as exc:
+            # e.g. a value too long for its column on PostgreSQL (DataError)
+            sess.rollback()
+            raise RefusedError(
+                f"the registry refused the change: {_first_line(exc.orig)} - nothing was stored"
+            ) from exc
         except BaseException:
             sess.rollback()
             raise
