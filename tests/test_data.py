@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from numpy.lib.format import open_memmap
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from vitmed_cli.data import (
     BatchLoader,
@@ -39,6 +39,7 @@ def build_dataset(
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     split: str = "default",
     n_lateral: int = 6,
+    all_unknown: bool = False,
     n_unreadable: int = 4,
     uncertain_rate: float = 0.05,
     missing_rate: float = 0.05,
@@ -78,6 +79,8 @@ def build_dataset(
     views = np.array(["frontal"] * n, dtype=object)
     views[rng.choice(n, n_lateral, replace=False)] = "lateral"
     views[::7] = np.where(views[::7] == "lateral", "lateral", "unknown")
+    if all_unknown:  # a dataset without any view information (e.g. a CSV without a view column)
+        views[:] = "unknown"
     unreadable = set(rng.choice(n, n_unreadable, replace=False).tolist())
     with registry.session() as s:
         ds = Dataset(name=name, format="synthetic", source_path=str(folder), image_size=size,
@@ -105,7 +108,9 @@ def build_dataset(
         s.add_all([SplitAssignment(split_id=sp.id, image_id=images[i].id, part=str(parts[i]))
                    for i in range(n)])
         image_ids = np.array([im.id for im in images])
-    usable = np.array([(views[i] != "lateral") and (i not in unreadable) for i in range(n)])
+    # a dataset with known views trains on frontal images only; without any, on all of them
+    usable = np.array([(all_unknown or views[i] == "frontal") and (i not in unreadable)
+                       for i in range(n)])
     full = np.where(mentioned, label, np.nan).astype(np.float32)
     return {"name": name, "split": split, "cache_path": str(cache_path), "y": y, "labels": full,
             "parts": parts, "usable": usable, "image_ids": image_ids, "findings": list(findings),
@@ -135,6 +140,22 @@ def test_load_part_reads_labels_and_drops_laterals_and_unreadable(registry, tmp_
     with registry.session() as s:
         with_lat = load_part(s, "toy", "default", "train", frontal_only=False)
     assert len(with_lat) > len(part)
+
+
+def test_unknown_views_are_used_only_when_the_dataset_has_no_view_information(registry, tmp_path):
+    info = build_dataset(registry, tmp_path, n=70)
+    with registry.session() as s:
+        mixed = load_part(s, "toy", None, "train")
+        views = dict(s.execute(select(Image.id, Image.view)).all())
+    assert {views[int(i)] for i in mixed.image_ids} == {"frontal"}  # 'unknown' may be lateral
+    train_ids = info["image_ids"][info["parts"] == "train"]
+    assert any(views[int(i)] == "unknown" for i in train_ids)  # there were some to leave out
+    bare = build_dataset(registry, tmp_path / "bare", name="bare", n=70, all_unknown=True)
+    with registry.session() as s:
+        part = load_part(s, "bare", None, "train")
+    want = np.flatnonzero((bare["parts"] == "train") & bare["usable"])
+    assert part.image_ids.tolist() == bare["image_ids"][want].tolist()
+    assert len(part) > len(mixed)
 
 
 def test_apply_uncertain_policies():

@@ -31,12 +31,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sqlalchemy import select
+from sqlalchemy import exists, select
+from sqlalchemy.orm import aliased
 
 from .errors import TrainingError
 from .registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
 
-FRONTAL_VIEWS = ("frontal", "unknown")
+KNOWN_VIEWS = ("frontal", "lateral")
 ROTATION_STEP_DEGREES = 0.5
 
 
@@ -124,8 +125,15 @@ def load_part(
     *,
     frontal_only: bool = True,
 ) -> PartData:
-    """Images of one split part with their cache rows and labels; unreadable images and
-    (with ``frontal_only``) laterals are left out."""
+    """Images of one split part with their cache rows and labels; unreadable images are left out.
+
+    Views (with ``frontal_only``): when the dataset has ANY image with a known view
+    (frontal or lateral), only ``view == 'frontal'`` images are used - an image whose view
+    could not be read may be a lateral.  Only a dataset with no view information at all
+    (every image 'unknown', e.g. a CSV without a view column) uses its 'unknown' images.
+    Both cases are one query: the 'unknown' branch carries a NOT EXISTS over the dataset's
+    known views.
+    """
     ds, sp = _resolve(session, dataset, split)
     fnd = session.execute(
         select(Finding.id, Finding.canonical)
@@ -147,7 +155,9 @@ def load_part(
         .order_by(Image.id)
     )
     if frontal_only:
-        q = q.where(Image.view.in_(FRONTAL_VIEWS))
+        other = aliased(Image)  # not correlated with the outer row
+        any_known = exists().where(other.dataset_id == ds.id, other.view.in_(KNOWN_VIEWS))
+        q = q.where((Image.view == "frontal") | ((Image.view == "unknown") & ~any_known))
     rows = session.execute(q).all()
     image_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     cache_rows = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
