@@ -181,3 +181,35 @@ def test_decode_image_png_16_bit_and_rgba_and_jpeg(tmp_path):
     Image.fromarray(np.full((400, 500), 90, dtype=np.uint8)).save(jpg, quality=95)
     out, _ = decode_image(jpg, 50)
     assert out.shape == (50, 50) and abs(int(out[25, 25]) - 90) <= 2 and out[0, 0] == 0
+
+
+@pytest.mark.parametrize("kind", ["blank", "not a number", "zero width"])
+def test_unusable_window_falls_back_to_stretch_without_warnings(tmp_path, kind, recwarn, caplog):
+    px = np.array([[100, 200], [300, 500]], dtype=np.uint16)
+    if kind == "blank":
+        path = write_dicom(tmp_path / "w.dcm", px, slope=2.0, intercept=10.0, window=("", ""))
+    elif kind == "zero width":
+        path = write_dicom(tmp_path / "w.dcm", px, slope=2.0, intercept=10.0, window=(300, 0))
+    else:  # written as numbers, then the bytes overwritten (pydicom refuses to write them)
+        path = write_dicom(tmp_path / "w.dcm", px, slope=2.0, intercept=10.0, window=(9999, 8888))
+        raw = path.read_bytes()
+        assert raw.count(b"9999") == 1 and raw.count(b"8888") == 1
+        path.write_bytes(raw.replace(b"9999", b"abc ").replace(b"8888", b"n/a "))
+    with caplog.at_level(logging.WARNING):
+        got, inverted = decode_dicom(path)
+    x = px * 2.0 + 10.0
+    assert np.array_equal(got, np.rint((x - x.min()) / (x.max() - x.min()) * 255).astype(np.uint8))
+    assert not inverted and not caplog.records and not [w for w in recwarn if "pydicom" in w.filename]
+
+
+def test_presentation_lut_shape_inverse_inverts_once(tmp_path, ramp):
+    plain = read_dicom(write_dicom(tmp_path / "p.dcm", ramp, window=(2048, 4096)), warn=False)
+    inv2, was2 = decode_dicom(write_dicom(tmp_path / "i2.dcm", ramp, window=(2048, 4096), presentation_lut_shape="INVERSE"))
+    inv1, was1 = decode_dicom(
+        write_dicom(tmp_path / "i1.dcm", ramp, window=(2048, 4096), photometric="MONOCHROME1",
+                    presentation_lut_shape="INVERSE")
+    )
+    same, was_id = decode_dicom(write_dicom(tmp_path / "id.dcm", ramp, window=(2048, 4096), presentation_lut_shape="IDENTITY"))
+    assert np.array_equal(inv2, 255 - plain) and was2
+    assert np.array_equal(inv1, 255 - plain) and was1  # MONOCHROME1 + INVERSE: one inversion, not two
+    assert np.array_equal(same, plain) and not was_id

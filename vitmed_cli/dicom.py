@@ -8,10 +8,13 @@ Intensity convention (the only place it is defined; the image cache uses it):
    Modality LUT Sequence.
 3. The VOI transform is applied: the first ``WindowCenter``/``WindowWidth``
    pair with ``VOILUTFunction`` LINEAR (default), LINEAR_EXACT or SIGMOID
-   (DICOM PS3.3 C.11.2.1.2), or a VOI LUT Sequence.  Without either, the
-   image's own minimum..maximum is stretched to the full range.
+   (DICOM PS3.3 C.11.2.1.2), or a VOI LUT Sequence.  Without either - and
+   when the window is blank, not a number or of width <= 0 - the image's own
+   modality-value minimum..maximum is stretched to the full range (silently).
 4. The result is scaled to 0..255 uint8; MONOCHROME1 (where high values are
    dark) is inverted so that 0 is always black, with a warning naming the file.
+   ``PresentationLUTShape`` INVERSE also inverts (DX files pair it with
+   MONOCHROME1: that is one inversion, not two).
    Other photometric interpretations (RGB, YBR, PALETTE COLOR) are refused.
 
 For speed the three steps are folded into one lookup table over every
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +60,25 @@ def _first(value, default=None):
         return value
 
 
+def _number(value) -> float | None:
+    """A DS/IS value (first of several) as a float; None when blank or not a number."""
+    value = _first(value)
+    if value is None:
+        return None
+    try:
+        x = float(str(value).strip()) if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _tag_number(ds, keyword: str) -> float | None:
+    try:
+        return _number(ds.get(keyword))
+    except (TypeError, ValueError, OverflowError):  # an invalid DS pydicom refuses to convert
+        return None
+
+
 def _voi(values: np.ndarray, ds) -> np.ndarray:
     """Modality LUT, then VOI transform, as floats in [0, 1] (before any inversion)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -63,18 +86,17 @@ def _voi(values: np.ndarray, ds) -> np.ndarray:
     if "ModalityLUTSequence" in ds:
         x = apply_modality_lut(values, ds).astype(np.float64)
     else:
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slope, intercept = _rescale(ds)
         x = values.astype(np.float64) * slope + intercept
-    center = _first(ds.get("WindowCenter"))
-    width = _first(ds.get("WindowWidth"))
+    center = _tag_number(ds, "WindowCenter")
+    width = _tag_number(ds, "WindowWidth")
     if "VOILUTSequence" in ds and (center is None or width is None):
         # LUT entries are indexed by integer modality values.
         y = apply_voi_lut(np.rint(x).astype(np.int64), ds, prefer_lut=True).astype(np.float64)
         lo, hi = float(y.min()), float(y.max())
         return (y - lo) / (hi - lo) if hi > lo else np.zeros_like(y)
-    if center is not None and width is not None and float(width) > 0:
-        c, w = float(center), float(width)
+    if center is not None and width is not None and width > 0:
+        c, w = center, width
         func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
         if func == "SIGMOID":
             return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
@@ -177,7 +199,9 @@ def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tu
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        with warnings.catch_warnings():  # invalid DS/IS values are handled below, not warned per file
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
         raise DicomError(f"{path}: not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
@@ -188,7 +212,10 @@ def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tu
             f"{path}: photometric interpretation {photometric} is not a grayscale radiograph "
             "(vitmed reads MONOCHROME1 and MONOCHROME2 only)"
         )
-    invert = photometric == "MONOCHROME1"
+    # DX images pair MONOCHROME1 with Presentation LUT Shape INVERSE (one
+    # inversion, not two); INVERSE on a MONOCHROME2 image inverts it too.
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    invert = photometric == "MONOCHROME1" or shape == "INVERSE"
     try:
         arr, bits, signed = _stored_pixels(ds, path)
     except DicomError:
@@ -226,9 +253,14 @@ def _modality_only(values: np.ndarray, ds) -> np.ndarray:
 
     if "ModalityLUTSequence" in ds:
         return apply_modality_lut(values, ds).astype(np.float64)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _rescale(ds)
     return values.astype(np.float64) * slope + intercept
+
+
+def _rescale(ds) -> tuple[float, float]:
+    slope = _tag_number(ds, "RescaleSlope")
+    intercept = _tag_number(ds, "RescaleIntercept")
+    return (slope if slope else 1.0), (intercept if intercept is not None else 0.0)
 
 
 def read_dicom(path: str | os.PathLike, *, reduce_to: int | None = None, warn: bool = True) -> np.ndarray:
@@ -264,6 +296,7 @@ def write_dicom(
     intercept: float | None = None,
     window: tuple[float, float] | None = None,
     signed: bool = False,
+    presentation_lut_shape: str | None = None,
 ) -> Path:
     """Write a small uncompressed DICOM (for tests, benchmarks and examples)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -291,6 +324,8 @@ def write_dicom(
         ds.RescaleIntercept = intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    if presentation_lut_shape is not None:
+        ds.PresentationLUTShape = presentation_lut_shape
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2" if signed else "<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return Path(path)
