@@ -394,6 +394,12 @@ def official_split(
             notes.append(f"no official validation part: {val:g} of the remaining "
                          f"{'patients' if by_patient else 'images'} taken out as val (seed {seed})")
         n_test = int((parts == _PART_INDEX["test"]).sum())
+        if n_test == 0:
+            # e.g. CheXpert's public release: train and valid only, its test set is held back
+            raise InputError(
+                f"dataset {dataset!r} has no official test part - make a patient-level split "
+                f"with a test part instead: vitmed split {dataset} --test 0.2"
+            )
         sp = _store(s, ds, images, parts, name=name, method="official",
                     by="patient" if by_patient else "image", seed=None if has_val else seed,
                     val=val_fraction, test=n_test / len(parts))

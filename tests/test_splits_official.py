@@ -1,0 +1,19 @@
+"""Official splits of datasets that publish no test part (CheXpert's public release)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from vitmed_cli.errors import InputError
+from vitmed_cli.registry.models import Split
+from vitmed_cli.splits import official_split
+from tests.test_splits import add_dataset
+
+
+def test_official_split_without_a_test_part_is_refused(registry):
+    add_dataset(registry, official=lambda p: "val" if p < 10 else "train")
+    with pytest.raises(InputError, match=r"has no official test part .* vitmed split toy --test 0.2"):
+        official_split(registry, "toy")
+    with registry.session() as s:
+        assert s.scalar(select(func.count()).select_from(Split)) == 0
