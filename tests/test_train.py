@@ -153,10 +153,51 @@ def test_cli_names_the_finding_without_positives(registry, tmp_path):
     line = _one_line_error(_invoke(registry, "finetune", "--dataset", "toy", *TINY_ARGS))
     assert line == (
         "Error: finding(s) Nodule have no positive images in the train part of split 'default' of "
-        "dataset 'toy' - a model cannot learn them; use a split (or dataset) with positives for "
-        "every finding"
+        "dataset 'toy' - a model cannot learn them; leave them out with --min-positives 1, choose "
+        "findings with --findings, or use a split (or dataset) with positives for every finding"
     )
+    line = _one_line_error(_invoke(registry, "finetune", "--dataset", "toy", "--findings",
+                                   "Effusion,Mass", *TINY_ARGS))
+    assert line == "Error: unknown finding(s) Mass for dataset 'toy' - choose from: Effusion, Nodule"
     assert _n_runs(registry) == 0
+
+
+def test_cli_min_positives_leaves_out_and_records_findings(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=60, no_positive="Nodule")
+    result = _invoke(registry, "finetune", "--dataset", "toy", "--epochs", "1", "--device", "cpu",
+                     "--min-positives", "1", *TINY_ARGS, "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "warning: left out 1 finding(s) with fewer than 1 training positives: Nodule (0)")
+    out = json.loads(result.stdout)
+    assert out["left_out_findings"] == {"few_positives": {"Nodule": 0}, "min_positives": 1}
+    with registry.session() as s:
+        run = s.get(Run, out["run_id"])
+        assert run.findings == ["Effusion"]
+        assert run.config["left_out_findings"]["few_positives"] == {"Nodule": 0}
+        assert run.config["train"]["min_positives"] == 1
+    from vitmed_cli.predict import predict
+
+    scored = predict(registry, run_id=out["run_id"], device="cpu")
+    assert list(scored.auc) == ["Effusion"]  # the run's findings, not the dataset's
+
+
+def test_non_findings_are_skipped_by_default_and_findings_picks(registry, tmp_path):
+    from vitmed_cli.registry.models import Dataset
+
+    build_dataset(registry, tmp_path, n=60)
+    with registry.session() as s:
+        ds = s.scalars(select(Dataset)).one()
+        ds.options = {"non_findings": ["Effusion"]}
+    notes: list[str] = []
+    res = finetune(registry, dataset="toy", epochs=1, warn=notes.append, **FAST)
+    assert notes == ["left out non-findings: Effusion"]
+    assert res.left_out_findings == {"non_findings": ["Effusion"]}
+    res2 = finetune(registry, dataset="toy", epochs=1, findings=["Effusion"], **FAST)
+    with registry.session() as s:
+        assert s.get(Run, res.run_id).findings == ["Nodule"]
+        assert s.get(Run, res.run_id).config["left_out_findings"] == {"non_findings": ["Effusion"]}
+        assert s.get(Run, res2.run_id).findings == ["Effusion"]
 
 
 def test_cli_refuses_unregistered_init_and_unknown_dataset(registry, tmp_path):

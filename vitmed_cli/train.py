@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import platform
@@ -63,6 +64,7 @@ DEFAULT_NUM_WORKERS = 1
 SCHEDULERS = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_FILE = "resume.pt"
+log = logging.getLogger("vitmed")
 
 
 # --------------------------------------------------------------------------- records
@@ -91,6 +93,8 @@ class TrainConfig:
     scheduler: str = "constant"
     max_rotation: float = DEFAULT_MAX_ROTATION
     frontal_only: bool = True
+    findings: list[str] | None = None  # canonical names to learn; None = all but non-findings
+    min_positives: int | None = None  # None = every finding needs a training positive
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -109,6 +113,10 @@ class TrainConfig:
             raise TrainingError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.scheduler not in SCHEDULERS:
             raise TrainingError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.min_positives is not None and self.min_positives < 1:
+            raise TrainingError(f"--min-positives must be at least 1, got {self.min_positives}")
+        if self.findings is not None and not self.findings:
+            raise TrainingError("--findings is empty - name at least one finding, e.g. --findings Effusion,Nodule")
         if self.image_size is not None and self.image_size < 8:
             raise TrainingError(f"--image-size must be at least 8 pixels, got {self.image_size}")
 
@@ -126,6 +134,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: dict[str, str] = field(default_factory=dict)
     message: str | None = None
+    left_out_findings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -393,6 +402,73 @@ class _Prepared:
     pos_weight: np.ndarray
     cache_path: str
     cache_size: int
+    left_out: dict[str, Any] = field(default_factory=dict)
+
+
+def _select_findings(ds, sp, available: list[str], train_y_all: np.ndarray,
+                     cfg: TrainConfig) -> tuple[list[str], dict[str, Any]]:
+    """The findings a run learns, and those left out with why.
+
+    ``cfg.findings`` names them (unknown names are an error listing the valid ones);
+    otherwise every finding except the dataset's ``options["non_findings"]`` (e.g.
+    PadChest's 'normal').  Findings without training positives stop the run, unless
+    ``cfg.min_positives`` is set: then those with fewer are left out.
+    """
+    left_out: dict[str, Any] = {}
+    if cfg.findings is not None:
+        wanted = list(dict.fromkeys(cfg.findings))
+        unknown = [f for f in wanted if f not in available]
+        if unknown:
+            raise TrainingError(
+                f"unknown finding(s) {', '.join(unknown)} for dataset {ds.name!r} - choose from: "
+                + ", ".join(available)
+            )
+    else:
+        non = set((ds.options or {}).get("non_findings") or [])
+        wanted = [f for f in available if f not in non]
+        skipped = [f for f in available if f in non]
+        if skipped:
+            left_out["non_findings"] = skipped
+        if not wanted:
+            raise TrainingError(
+                f"dataset {ds.name!r} has only non-findings ({', '.join(skipped)}) - name the ones "
+                "to learn with --findings"
+            )
+    col = {f: i for i, f in enumerate(available)}
+    pos = {f: int(np.nansum(train_y_all[:, col[f]] == 1)) for f in wanted}
+    if cfg.min_positives is None:
+        no_pos = [f for f in wanted if pos[f] == 0]
+        if no_pos:
+            raise TrainingError(
+                f"finding(s) {', '.join(no_pos)} have no positive images in the train part of split "
+                f"{sp.name!r} of dataset {ds.name!r} - a model cannot learn them; leave them out "
+                "with --min-positives 1, choose findings with --findings, or use a split (or "
+                "dataset) with positives for every finding"
+            )
+    else:
+        few = {f: pos[f] for f in wanted if pos[f] < cfg.min_positives}
+        if few:
+            left_out["few_positives"] = few
+            left_out["min_positives"] = int(cfg.min_positives)
+            wanted = [f for f in wanted if f not in few]
+        if not wanted:
+            raise TrainingError(
+                f"no finding of dataset {ds.name!r} has {cfg.min_positives} or more positive images "
+                f"in the train part of split {sp.name!r} - lower --min-positives or use another split"
+            )
+    return wanted, left_out
+
+
+def left_out_message(left_out: dict[str, Any]) -> str | None:
+    """One warning line naming the findings a run leaves out, or None."""
+    bits = []
+    if left_out.get("few_positives"):
+        few = left_out["few_positives"]
+        bits.append(f"{len(few)} finding(s) with fewer than {left_out.get('min_positives')} training "
+                    "positives: " + ", ".join(f"{f} ({n})" for f, n in few.items()))
+    if left_out.get("non_findings"):
+        bits.append("non-findings: " + ", ".join(left_out["non_findings"]))
+    return ("left out " + "; ".join(bits)) if bits else None
 
 
 def _prepare(session, cfg: TrainConfig) -> _Prepared:
@@ -417,17 +493,13 @@ def _prepare(session, cfg: TrainConfig) -> _Prepared:
             f"chosen on it; make a split with a validation part (see vitmed split --help) and "
             "pass it with --split"
         )
+    selected, left_out = _select_findings(ds, sp, list(train.findings),
+                                          apply_uncertain(train.labels, cfg.uncertain), cfg)
+    train, val = train.select_findings(selected), val.select_findings(selected)
     train_y = apply_uncertain(train.labels, cfg.uncertain)
     val_y = apply_uncertain(val.labels, cfg.uncertain)
     pos = np.nansum(train_y == 1, axis=0)
     neg = np.nansum(train_y == 0, axis=0)
-    no_pos = [f for f, p in zip(train.findings, pos) if p == 0]
-    if no_pos:
-        raise TrainingError(
-            f"finding(s) {', '.join(no_pos)} have no positive images in the train part of split "
-            f"{sp.name!r} of dataset {ds.name!r} - a model cannot learn them; use a split (or "
-            "dataset) with positives for every finding"
-        )
     no_neg = [f for f, n in zip(train.findings, neg) if n == 0]
     if no_neg:
         raise TrainingError(
@@ -450,6 +522,7 @@ def _prepare(session, cfg: TrainConfig) -> _Prepared:
         dataset_id=ds.id, dataset=ds.name, split_id=sp.id, split=sp.name,
         findings=list(train.findings), train=train, val=val, train_y=train_y, val_y=val_y,
         pos_weight=(neg / pos).astype(np.float32), cache_path=str(cache), cache_size=int(mm.shape[-1]),
+        left_out=left_out,
     )
 
 
@@ -609,6 +682,7 @@ def _new_run(session, cfg: TrainConfig, prep: _Prepared, spec, info: DistInfo, a
             "n_val": len(prep.val),
             "pos_weight": {f: float(w) for f, w in zip(prep.findings, prep.pos_weight)},
             "split": prep.split,
+            "left_out_findings": prep.left_out,
         },
         seed=cfg.seed,
         status="running",
@@ -691,12 +765,19 @@ def finetune(
     scheduler: str = "constant",
     max_rotation: float = DEFAULT_MAX_ROTATION,
     frontal_only: bool = True,
+    findings: list[str] | None = None,
+    min_positives: int | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Fine-tune ``arch`` from ``init`` on ``dataset``'s split; every step recorded. See module doc.
 
-    ``image_size`` None trains at the cache's size.  ``on_step(epoch, batch)`` is
-    called after every optimiser step (tests use it to interrupt a run).
+    ``image_size`` None trains at the cache's size.  ``findings`` (canonical names) picks
+    what to learn; ``min_positives`` leaves out findings with fewer training positives
+    (None: refuse findings without any); both, and the dataset's non-findings, are
+    recorded in ``Run.config["left_out_findings"]`` and reported through ``warn``.
+    ``on_step(epoch, batch)`` is called after every optimiser step (tests use it to
+    interrupt a run).
     """
     cfg = TrainConfig(
         dataset=dataset, init=init, split=split, arch=arch, image_size=image_size, epochs=epochs,
@@ -704,6 +785,7 @@ def finetune(
         uncertain=str(getattr(uncertain, "value", uncertain)), early_stop=early_stop,
         num_workers=num_workers, compile=compile, model_kwargs=dict(model_kwargs or {}),
         scheduler=scheduler, max_rotation=max_rotation, frontal_only=frontal_only,
+        findings=list(findings) if findings is not None else None, min_positives=min_positives,
     )
     cfg.check()
     info = _dist_setup(cfg.device)
@@ -711,7 +793,7 @@ def finetune(
         setup: Any = None
         if info.is_main:
             try:
-                setup = _start_run(registry, cfg, info)
+                setup = _start_run(registry, cfg, info, warn)
             except VitmedError as exc:
                 setup = exc
             except Exception as exc:  # other ranks wait on the broadcast: tell them, then fail
@@ -725,13 +807,16 @@ def finetune(
         cfg = TrainConfig(**cfg_dict)
         with registry.session() as s:
             prep = _prepare(s, cfg)
-        return _execute(registry, run_id, cfg, prep, info, resume_state=None, progress=progress,
-                        on_step=on_step)
+        result = _execute(registry, run_id, cfg, prep, info, resume_state=None,
+                          progress=progress, on_step=on_step)
+        result.left_out_findings = prep.left_out
+        return result
     finally:
         _dist_teardown(info)
 
 
-def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo) -> tuple[int, dict[str, Any]]:
+def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
+               warn: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
     """Check everything, then write the run row (status running); returns (run id, final config)."""
     from .models import check_arch_name
     from .weights import resolve_init
@@ -739,6 +824,9 @@ def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo) -> tuple[in
     with registry.session() as s:
         prep = _prepare(s, cfg)
         spec = resolve_init(s, cfg.init, cfg.arch)
+    note = left_out_message(prep.left_out)
+    if note:
+        (warn or log.warning)(note)
     arch = cfg.arch or spec.arch
     check_arch_name(arch)
     image_size = cfg.image_size or prep.cache_size

@@ -44,6 +44,12 @@ def parse_model_kwargs(raw: str | None) -> dict[str, Any]:
     return value
 
 
+def _names(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    return [n.strip() for n in raw.split(",") if n.strip()]
+
+
 def finetune(
     ctx: typer.Context,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset to train on (as ingested).")] = None,
@@ -70,6 +76,14 @@ def finetune(
     model_kwargs: Annotated[Optional[str], typer.Option(
         help='Extra timm model options as JSON, e.g. \'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\'.')] = None,
     scheduler: Annotated[Scheduler, typer.Option(help="Learning-rate schedule (the study: constant).")] = Scheduler.constant,
+    findings: Annotated[Optional[str], typer.Option(
+        "--findings", metavar="A,B,C",
+        help="Comma-separated findings (canonical names) to learn. Default: all but the dataset's "
+        "non-findings (e.g. PadChest 'normal').")] = None,
+    min_positives: Annotated[Optional[int], typer.Option(
+        "--min-positives", metavar="N",
+        help="Leave out (with a warning) findings with fewer than N positive training images. "
+        "Default: refuse any finding without one.")] = None,
     resume: Annotated[Optional[int], typer.Option(
         "--resume", metavar="RUN_ID", help="Continue an interrupted or crashed run exactly where it stopped.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -100,6 +114,8 @@ def finetune(
             uncertain=uncertain.value, early_stop=early_stop, num_workers=num_workers,
             compile=compile_model, progress=progress, model_kwargs=parse_model_kwargs(model_kwargs),
             scheduler=scheduler.value,
+            findings=_names(findings), min_positives=min_positives,
+            warn=lambda m: err_console.print(f"warning: {m}", highlight=False, soft_wrap=True),
         )
     if not main_rank:
         return
@@ -107,7 +123,7 @@ def finetune(
         "run_id": result.run_id, "status": result.status, "best_epoch": result.best_epoch,
         "best_val_macro_auc": result.best_val_macro_auc, "epochs_done": result.epochs_done,
         "epochs_planned": result.epochs_planned, "checkpoints": result.checkpoints,
-        "history": result.history,
+        "history": result.history, "left_out_findings": result.left_out_findings,
     }
     if as_json:
         print_json(out)
