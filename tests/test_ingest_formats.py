@@ -308,7 +308,7 @@ def padchest_dir(tmp_path) -> Path:
         ("216840111366964012339356563862009072111404053_00-043-192.png", "1", "216840111366964012339356563862009068084200743",
          "263101101106220066617380813031208023513", "AP_horizontal", "[' normal ', '']"),
         ("216840111366964012373310883942009152114636712_00-102-045.png", "1", "216840111366964012373310883942009117084022290",
-         "316102124005320097819451014100152077414", "COSTAL", "['calcified granuloma', 'pleural effusion']"),
+         "316102124005320097819451014100152077414", "COSTAL", "['calcified granuloma', 'pleural effusion', 'exclude']"),
         ("216840111366964012373310883942009152114636713_00-102-046.png", "54", "216840111366964012373310883942009117084022290",
          "316102124005320097819451014100152077414", "PA", float("nan")),
     ]
@@ -316,6 +316,7 @@ def padchest_dir(tmp_path) -> Path:
     df["StudyDate_DICOM"] = "20090331"
     df["PatientBirth"] = "1939.0"
     df["PatientSex_DICOM"] = "F"
+    df["PhotometricInterpretation_DICOM"] = ["MONOCHROME2", "MONOCHROME2", "MONOCHROME1", "MONOCHROME2", ""]
     df["ViewPosition_DICOM"] = df["Projection"]
     df["MethodProjection"] = "Manual review of DICOM fields"
     df["Localizations"] = "[]"
@@ -336,9 +337,13 @@ def test_padchest_long_ids_labels_and_projections(any_registry, padchest_dir):
     registry = any_registry
     s = ingest_dataset(registry, "padchest", padchest_dir, name="pad", image_size=SIZE, workers=1, progress=False)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 3)
-    assert set(s.findings) == {"Pleural Effusion", "Cardiomegaly", "No Finding", "calcified granuloma"}
-    assert s.unmapped_findings == ["calcified granuloma"]
+    assert set(s.findings) == {"Pleural Effusion", "Cardiomegaly", "No Finding", "calcified granuloma", "exclude"}
+    assert s.unmapped_findings == ["calcified granuloma", "exclude"]
     ds, imgs = _images(registry, "pad")
+    # study-level labels stay findings but are named for training to skip; the blank Labels row is listed
+    assert ds.options["non_findings"] == ["exclude", "No Finding"]
+    assert ds.options["unlabelled_keys"] == ["216840111366964012373310883942009152114636713_00-102-046.png"]
+    assert any("blank Labels" in n for n in s.notes) and any("MONOCHROME1" in n for n in s.notes)
     first = imgs["216840111366964012283393834152009033102258826_00-141-160.png"]
     assert first.patient_id == "199977652104183101926373426291893722000"  # exact digits, never a float
     assert first.study_id == "216840111366964012283393834152009033102258826"
@@ -348,10 +353,14 @@ def test_padchest_long_ids_labels_and_projections(any_registry, padchest_dir):
     labels = _labels(registry, "pad")
     assert labels[(first.key, "Pleural Effusion")] == 1 and labels[(first.key, "Cardiomegaly")] == 1
     assert labels[("216840111366964012339356563862009072111404053_00-043-192.png", "No Finding")] == 1
-    assert len(labels) == 7  # positives only; the NaN Labels row has none
+    assert len(labels) == 8  # positives only; the NaN Labels row has none
+    assert not any(k == "216840111366964012373310883942009152114636713_00-102-046.png" for k, _ in labels)
     c = _cache(ds)[first.cache_index]
     assert c[SIZE // 2, 2] == 0 and c[SIZE // 2, SIZE - 3] == 255  # own 16-bit range stretched
     assert c[0].max() == 0  # 60x64 -> 30x32 centred on black
+    m1 = _cache(ds)[imgs["216840111366964012339356563862009072111404053_00-043-192.png"].cache_index]
+    assert m1[SIZE // 2, 2] == 255 and m1[SIZE // 2, SIZE - 3] == 0  # MONOCHROME1 source: inverted
+    assert m1[0].max() == 0  # ... before the black padding
 
 
 # --- vocabulary and small parsers ----------------------------------------------
@@ -370,9 +379,12 @@ def test_padchest_label_parser_and_view_codes():
     assert parse_padchest_labels("['pleural effusion', ' cardiomegaly', '']") == ["pleural effusion", "cardiomegaly"]
     assert parse_padchest_labels("[]") == [] and parse_padchest_labels(float("nan")) is None
     assert parse_padchest_labels("['normal'") == ["normal"]  # unbalanced bracket still read
-    assert [view_of(v) for v in ("PA", "AP AXIAL", "LATERAL", "LL", "L", "", None, "SWIMMERS")] == [
-        "frontal", "frontal", "lateral", "lateral", "lateral", "unknown", "unknown", "unknown"
-    ]
+    frontal = ("PA", "AP", "AP_horizontal", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD", "Frontal")
+    lateral = ("L", "LL", "LATERAL", "RL", "XTABLE LATERAL", "Lateral")
+    unknown = ("LAO", "RAO", "LPO", "COSTAL", "EXCLUDE", "UNK", "SWIMMERS", "", " ", None, float("nan"))
+    assert {view_of(v) for v in frontal} == {"frontal"}
+    assert {view_of(v) for v in lateral} == {"lateral"}
+    assert {view_of(v) for v in unknown} == {"unknown"}
 
 
 def test_export_labels_csv(any_registry, nih_dir, tmp_path):

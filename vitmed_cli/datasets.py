@@ -19,7 +19,24 @@ Formats (``FORMATS``):
   ``train_val_list.txt``/``test_list.txt``, PNGs in ``images/`` or ``images_0NN/images/``.
 * ``padchest``: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv[.gz]``,
   16-bit PNGs in ``<ImageDir>/``; only positive labels are listed, so an
-  absent finding has no label row (negative at training time).
+  absent finding has no label row (negative at training time).  Every native
+  label (about 190) becomes a finding; the study-level ones ('normal',
+  'exclude', 'suboptimal study', 'unchanged') are listed by canonical name in
+  ``Dataset.options["non_findings"]`` for training to skip.  A row whose
+  ``Labels`` cell is blank (not ``[]``) carries no label information: the
+  image is registered without label rows and its key is listed in
+  ``Dataset.options["unlabelled_keys"]`` (leave it out of training and
+  evaluation).  PNGs whose ``PhotometricInterpretation_DICOM`` is MONOCHROME1
+  kept the stored values when converted (bright air) and are inverted in the
+  cache.
+
+Views (:func:`view_of`): PA/AP and their variants (AP_horizontal, AP AXIAL,
+AP/PA LLD/RLD) are 'frontal'; L, LL, RL, LATERAL, XTABLE LATERAL 'lateral';
+oblique (LAO, RAO), SWIMMERS, PadChest's COSTAL/EXCLUDE/UNK and blank are
+'unknown'.  The native code is kept in ``Image.view_native``.  Required
+identifier cells (paths, image/patient/study ids that name the file) must not
+be blank: the first blank one is reported with its file, line and column.
+ChestX-ray14 ages such as '003M' or '010D' are converted to years.
 * ``csv``: a CSV with a path column, optional patient/study/view/sex/age/part,
   and 0/1/-1/blank finding columns.
 * ``synthetic``: :func:`vitmed_cli.synthetic.write_synthetic`, then ``csv``.
@@ -76,6 +93,8 @@ class RecordSet:
     labels: np.ndarray
     has_patient_ids: bool = True
     notes: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # stored in Dataset.options
+    invert_keys: set[str] = field(default_factory=set)  # files that keep MONOCHROME1 values
 
     def __post_init__(self) -> None:
         for col in IMAGE_COLUMNS:
@@ -113,17 +132,31 @@ class IngestSummary:
 # --- small helpers ----------------------------------------------------------
 
 
+# View codes as the datasets write them (compared upper-case, '_'/'-' as spaces).
+# Frontal: PA/AP and their variants (portable, axial, decubitus: AP LLD = AP
+# projection with the patient on the left side).  Lateral: true laterals,
+# cross-table included.  Everything else - oblique (LAO, RAO, LPO, RPO),
+# SWIMMERS, PadChest's COSTAL, EXCLUDE and UNK, blank - is 'unknown'.
+FRONTAL_VIEWS = frozenset({
+    "FRONTAL", "PA", "AP", "POSTEROANTERIOR", "ANTEROPOSTERIOR", "AP HORIZONTAL", "PA HORIZONTAL",
+    "AP AXIAL", "PA AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "AP SUPINE", "AP ERECT",
+    "AP PORTABLE", "PA ERECT",
+})
+LATERAL_VIEWS = frozenset({
+    "L", "LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL", "XTABLE LATERAL",
+    "CROSS TABLE LATERAL", "CROSSTABLE LATERAL", "X TABLE LATERAL",
+})
+
+
 def view_of(native: Any) -> str:
-    """'frontal' | 'lateral' | 'unknown' from a dataset's view code (PA, AP, L, LATERAL, ...)."""
-    if native is None or (isinstance(native, float) and np.isnan(native)):
+    """'frontal' | 'lateral' | 'unknown' from a dataset's view code (see FRONTAL_VIEWS, LATERAL_VIEWS)."""
+    if native is None or native is pd.NA or (isinstance(native, float) and np.isnan(native)):
         return "unknown"
     v = re.sub(r"[\s_\-]+", " ", str(native)).strip().upper()
-    if not v:
-        return "unknown"
-    if v in {"L", "LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"} or "LATERAL" in v:
-        return "lateral"
-    if v in {"FRONTAL", "PA", "AP", "POSTEROANTERIOR", "ANTEROPOSTERIOR"} or re.match(r"^(PA|AP)\b", v):
+    if v in FRONTAL_VIEWS:
         return "frontal"
+    if v in LATERAL_VIEWS:
+        return "lateral"
     return "unknown"
 
 
@@ -164,6 +197,19 @@ def read_table(path: Path, required: tuple[str, ...] | list[str] = (), *, what: 
     return df
 
 
+def require_ids(df: pd.DataFrame, columns: tuple[str, ...] | list[str], source: Path, what: str = "") -> None:
+    """Fail on the first blank cell of an identifier column, naming file, line and column."""
+    for col in columns:
+        blank = df[col].isna() | (df[col].astype("string").str.strip() == "").fillna(True)
+        if blank.any():
+            line = int(np.flatnonzero(blank.to_numpy(dtype=bool))[0]) + 2  # header is line 1
+            raise InputError(
+                f"{source}: line {line} has an empty {col!r} - every row needs one"
+                + (f" ({what})" if what else "")
+                + "; fill it in or delete the row"
+            )
+
+
 def label_matrix(df: pd.DataFrame, columns: list[str], source: Path) -> np.ndarray:
     """Columns of 1 / 0 / -1 / blank as float32 (NaN = blank); anything else is an error."""
     out = np.full((len(df), len(columns)), np.nan, dtype=np.float32)
@@ -182,9 +228,15 @@ def label_matrix(df: pd.DataFrame, columns: list[str], source: Path) -> np.ndarr
     return out
 
 
+AGE_UNITS = {"Y": 1.0, "M": 12.0, "W": 52.0, "D": 365.0}
+
+
 def _age(series: pd.Series) -> pd.Series:
-    digits = series.astype("string").str.extract(r"(\d+(?:\.\d+)?)", expand=False)
-    return pd.to_numeric(digits, errors="coerce")
+    """Ages in years; DICOM-style '045Y', '003M', '010D' (and W) are converted (M/12, W/52, D/365)."""
+    parts = series.astype("string").str.strip().str.upper().str.extract(r"(\d+(?:\.\d+)?)\s*([YMWD])?")
+    years = pd.to_numeric(parts[0], errors="coerce")
+    unit = parts[1].map(AGE_UNITS, na_action="ignore").astype("float64").fillna(1.0)
+    return (years / unit.to_numpy()).astype("float64")
 
 
 # --- readers ---------------------------------------------------------------
@@ -216,6 +268,7 @@ def read_vindr(root: Path, *, label_policy: str = "majority") -> RecordSet:
             continue
         required = ("image_id", "rad_id") if part == "train" else ("image_id",)
         df = read_table(csv_path, required)
+        require_ids(df, required, csv_path)
         folder = root / part
         if not folder.is_dir():
             raise InputError(f"{folder} not found - {csv_path.name} lists its images as {part}/<image_id>.dicom")
@@ -284,6 +337,7 @@ def read_chexpert(root: Path) -> RecordSet:
             notes.append(f"{name} not found: no {part} images")
             continue
         df = read_table(path, required)
+        require_ids(df, ("Path",), path, "the image path")
         rel = df["Path"].astype(str).str.strip()
         parts = [PurePosixPath(p).parts for p in rel]
         # Path starts with the dataset folder (CheXpert-v1.0-small/train/...): drop it.
@@ -335,6 +389,9 @@ def read_mimic(root: Path) -> RecordSet:
     meta = read_table(paths["metadata"], ("dicom_id", "subject_id", "study_id", "ViewPosition"))
     labels = read_table(paths["chexpert"], ("subject_id", "study_id", *CHEXPERT_FINDINGS))
     split = read_table(paths["split"], ("dicom_id", "split"))
+    require_ids(meta, ("subject_id", "study_id", "dicom_id"), paths["metadata"], "it names the image file")
+    require_ids(labels, ("subject_id", "study_id"), paths["chexpert"])
+    require_ids(split, ("dicom_id",), paths["split"])
     for df in (meta, labels):
         for col in ("subject_id", "study_id"):
             df[col] = df[col].str.strip()
@@ -392,6 +449,7 @@ def read_cxr14(root: Path) -> RecordSet:
             "the ChestX-ray14 folder holding the Data_Entry CSV and images/"
         )
     df = read_table(csv_path, ("Image Index", "Finding Labels", "Patient ID"))
+    require_ids(df, ("Image Index",), csv_path, "the PNG file name")
     names = df["Image Index"].str.strip()
     labels = df["Finding Labels"].fillna("").astype(str)
     split_labels = [[x.strip() for x in s.split("|") if x.strip()] for s in labels]
@@ -466,11 +524,18 @@ def _padchest_csv(root: Path) -> Path:
     )
 
 
+# PadChest labels that describe the study, not the patient (Bustos et al. 2020,
+# label hierarchy): kept as findings in the registry, listed in
+# Dataset.options["non_findings"] so that training can leave them out.
+PADCHEST_NON_FINDINGS = frozenset({"normal", "exclude", "suboptimal study", "unchanged"})
+
+
 def read_padchest(root: Path) -> RecordSet:
     """PadChest: the labels CSV and 16-bit PNGs under ``<ImageDir>/``."""
     csv_path = _padchest_csv(root)
     root = csv_path.parent
     df = read_table(csv_path, ("ImageID", "ImageDir", "PatientID", "Projection", "Labels"))
+    require_ids(df, ("ImageID", "ImageDir"), csv_path, "the image is <ImageDir>/<ImageID>")
     parsed = [parse_padchest_labels(v) for v in df["Labels"]]
     counts: dict[str, int] = {}
     for xs in parsed:
@@ -490,16 +555,17 @@ def read_padchest(root: Path) -> RecordSet:
         birth = pd.to_numeric(df["PatientBirth"], errors="coerce")
         age = year - birth
     projection = _clean_str(df["Projection"])
+    invert_keys: set[str] = set()
+    if "PhotometricInterpretation_DICOM" in df.columns:
+        photometric = df["PhotometricInterpretation_DICOM"].astype("string").str.strip().str.upper()
+        invert_keys = set(ids[(photometric == "MONOCHROME1").fillna(False).to_numpy(dtype=bool)])
     images = pd.DataFrame(
         {
             "key": ids,
             "source_path": [str(root / str(d) / i) for d, i in zip(image_dir.fillna(""), ids)],
             "patient_id": _clean_str(df["PatientID"]),
             "study_id": _clean_str(df["StudyID"]) if "StudyID" in df.columns else None,
-            "view": [
-                "frontal" if str(p).upper() in ("PA", "AP", "AP_HORIZONTAL") else "lateral" if str(p).upper() == "L" else "unknown"
-                for p in projection
-            ],
+            "view": [view_of(p) for p in projection],
             "view_native": projection,
             "sex": _clean_str(df["PatientSex_DICOM"]) if "PatientSex_DICOM" in df.columns else None,
             "age": age,
@@ -509,10 +575,21 @@ def read_padchest(root: Path) -> RecordSet:
         "PadChest lists positive findings only: an absent finding has no label row "
         "(negative at training time)"
     ]
-    n_unlabelled = sum(x is None for x in parsed)
-    if n_unlabelled:
-        notes.append(f"{n_unlabelled} images have no Labels value")
-    return RecordSet(images, natives, mat, notes=notes)
+    unlabelled = [str(k) for k, xs in zip(ids, parsed) if xs is None]
+    if unlabelled:
+        notes.append(
+            f"{len(unlabelled)} images have a blank Labels cell: registered without label rows and listed "
+            "in options['unlabelled_keys'] (leave them out of training and evaluation)"
+        )
+    if invert_keys:
+        notes.append(
+            f"{len(invert_keys)} PNGs from MONOCHROME1 DICOMs keep the stored values (bright air): "
+            "inverted in the cache"
+        )
+    canonical = dict(zip(harmonise(natives).native, harmonise(natives).canonical))
+    non_findings = [canonical[n] for n in natives if normalise(n) in PADCHEST_NON_FINDINGS]
+    options = {"non_findings": non_findings, "unlabelled_keys": unlabelled, "n_monochrome1_inverted": len(invert_keys)}
+    return RecordSet(images, natives, mat, notes=notes, options=options, invert_keys=invert_keys)
 
 
 CSV_META = ("study_id", "sex", "age", "part")
@@ -794,8 +871,13 @@ def build_cache(
     *,
     workers: int | None = None,
     progress: bool = True,
+    invert_keys: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Decode every image not yet cached into the dataset's cache; resumable."""
+    """Decode every image not yet cached into the dataset's cache; resumable.
+
+    ``invert_keys``: image keys whose files keep MONOCHROME1 values (PadChest
+    PNGs from MONOCHROME1 DICOMs); they are inverted so that 0 is black.
+    """
     from .images import ensure_cache, fill_cache
 
     table = Image.__table__
@@ -803,14 +885,14 @@ def build_cache(
         ds = s.get(Dataset, dataset_id)
         cache_path, size, name = Path(ds.cache_path), ds.image_size, ds.name
         rows = s.execute(
-            select(table.c.id, table.c.source_path, table.c.readable, table.c.cache_index)
+            select(table.c.id, table.c.source_path, table.c.readable, table.c.cache_index, table.c.key)
             .where(table.c.dataset_id == dataset_id)
             .order_by(table.c.id)
         ).all()
     had_cache = ensure_cache(cache_path, len(rows), size)
     tasks = [
-        (image_id, row, path)
-        for row, (image_id, path, readable, cache_index) in enumerate(rows)
+        (image_id, row, path, key in invert_keys)
+        for row, (image_id, path, readable, cache_index, key) in enumerate(rows)
         if not (had_cache and readable and cache_index is not None)
     ]
     stats: dict[str, Any] = {
@@ -850,7 +932,7 @@ def build_cache(
             bar.refresh()
 
         try:
-            fill_cache(cache_path, [(i, r, p) for i, r, p in tasks], size, workers=workers, on_results=on_results)
+            fill_cache(cache_path, tasks, size, workers=workers, on_results=on_results)
         finally:
             flush()
     return stats
@@ -914,14 +996,15 @@ def ingest_dataset(
         else:
             records = READERS[fmt](source, **given)
         options = dict(given)
+    options.update(records.options)
     fmap = harmonise(records.natives)
     dataset_id, cache_path, n_new = _register(
         registry, name=name, fmt=fmt, source=source, image_size=int(image_size),
         records=records, label_policy=label_policy, options=options,
     )
-    stats = build_cache(registry, dataset_id, workers=workers, progress=progress)
+    stats = build_cache(registry, dataset_id, workers=workers, progress=progress, invert_keys=records.invert_keys)
     notes = list(records.notes)
-    if stats["inverted"]:
+    if stats["inverted"] and not records.invert_keys:
         notes.append(f"{len(stats['inverted'])} MONOCHROME1 image(s) inverted so that 0 is black")
     with registry.session() as s:
         t = Image.__table__

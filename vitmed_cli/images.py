@@ -14,7 +14,9 @@ Decoding per source kind:
   MONOCHROME1 inverted).
 * 16-bit PNG (PadChest): the image's own minimum..maximum is stretched to
   0..255 (PadChest files use very different parts of the 16-bit range, so
-  scaling by bit depth would leave many images nearly black).
+  scaling by bit depth would leave many images nearly black).  A task may
+  carry an ``invert`` flag: PadChest PNGs whose source DICOM was MONOCHROME1
+  keep the stored values (bright air), so ingest inverts them.
 * 8-bit grayscale PNG as is; RGB/RGBA/palette images converted to luminance
   (alpha ignored).
 * JPEG: reduced-size DCT decoding (``PIL.Image.draft``) straight to grayscale
@@ -63,7 +65,11 @@ def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.rint(scaled).astype(np.uint8)
 
 
-def _decode_pil(path: str, size: int) -> np.ndarray:
+def _invert(image):
+    return 255 - np.asarray(image, dtype=np.uint8)
+
+
+def _decode_pil(path: str, size: int, invert: bool = False) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
@@ -75,25 +81,33 @@ def _decode_pil(path: str, size: int) -> np.ndarray:
             arr = np.asarray(img)
             if arr.dtype.kind == "i" and arr.size and arr.min() >= 0 and arr.max() <= 0xFFFF:
                 arr = arr.astype(np.uint16)
-            arr = box_reduce(arr, reduce_factor(arr.shape, size))
-            return fit_square(_stretch_to_uint8(arr), size)
+            arr = _stretch_to_uint8(box_reduce(arr, reduce_factor(arr.shape, size)))
+            return fit_square(_invert(arr) if invert else arr, size)
         if mode == "F":
-            return fit_square(_stretch_to_uint8(np.asarray(img)), size)
+            arr = _stretch_to_uint8(np.asarray(img))
+            return fit_square(_invert(arr) if invert else arr, size)
         if mode != "L":
             img = img.convert("L")
         factor = reduce_factor(img.size[::-1], size)
         if factor > 1:
             img = img.reduce(factor)
-        return fit_square(img, size)
+        return fit_square(_invert(img) if invert else img, size)
 
 
-def decode_image(path: str | os.PathLike, size: int) -> tuple[np.ndarray, bool]:
-    """(``size`` x ``size`` uint8 image, was_monochrome1) for a DICOM, PNG or JPEG file."""
+def decode_image(path: str | os.PathLike, size: int, *, invert: bool = False) -> tuple[np.ndarray, bool]:
+    """(``size`` x ``size`` uint8 image, was_inverted) for a DICOM, PNG or JPEG file.
+
+    ``invert``: the caller knows this file keeps MONOCHROME1 values (bright
+    air), e.g. a PadChest PNG whose source DICOM was MONOCHROME1; it is
+    inverted before the black padding is added.
+    """
     path = str(path)
     if is_dicom(path):
         image, inverted = decode_dicom(path, reduce_to=size)
+        if invert:
+            image, inverted = _invert(image), not inverted
         return fit_square(image, size), inverted
-    return _decode_pil(path, size), False
+    return _decode_pil(path, size, invert), invert
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -168,11 +182,11 @@ def _one_line(exc: BaseException) -> str:
 def _decode_chunk(chunk: Sequence[tuple[int, int, str]]) -> list[CacheResult]:
     cache, size = _WORKER["cache"], _WORKER["size"]
     out: list[CacheResult] = []
-    for image_id, row, path in chunk:
+    for image_id, row, path, *flags in chunk:
         try:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image file not found: {path}")
-            pixels, inverted = decode_image(path, size)
+            pixels, inverted = decode_image(path, size, invert=bool(flags and flags[0]))
             cache[row] = pixels
             out.append(CacheResult(image_id, row, None, inverted))
         except Exception as exc:  # noqa: BLE001 - any bad file is recorded and skipped
@@ -187,14 +201,14 @@ def _chunks(tasks: Sequence, size: int) -> Iterable[Sequence]:
 
 def fill_cache(
     cache_path: str | os.PathLike,
-    tasks: Sequence[tuple[int, int, str]],
+    tasks: Sequence[tuple],
     size: int,
     *,
     workers: int | None = None,
     on_results: Callable[[list[CacheResult]], None] | None = None,
     chunk_size: int | None = None,
 ) -> int:
-    """Decode ``(image_id, row, path)`` tasks into the cache; returns how many were done.
+    """Decode ``(image_id, row, path[, invert])`` tasks into the cache; returns how many were done.
 
     ``workers`` processes (default: all CPUs) each map the cache file and write
     their rows; ``on_results`` receives each finished chunk (for the registry
