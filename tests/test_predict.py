@@ -160,3 +160,41 @@ def test_run_without_checkpoint_is_refused(registry, tmp_path):
     )
     with registry.session() as s:
         assert s.scalars(select(Evaluation)).all() == []
+
+
+def _add_split(reg, name, part_of):
+    """A split of 'toy' whose part for each image is ``part_of(part in 'default')``."""
+    from vitmed_cli.registry.models import Split
+
+    with reg.session() as s:
+        from vitmed_cli import catalog
+
+        ds = catalog.get_dataset(s, "toy")
+        default = catalog.get_split(s, ds, "default")
+        rows = s.execute(select(SplitAssignment.image_id, SplitAssignment.part)
+                         .where(SplitAssignment.split_id == default.id)).all()
+        sp = Split(dataset_id=ds.id, name=name, method="random", seed=1)
+        s.add(sp)
+        s.flush()
+        s.add_all([SplitAssignment(split_id=sp.id, image_id=i, part=part_of(p)) for i, p in rows])
+        return sum(1 for _, p in rows if part_of(p) == "test" and p in ("train", "val"))
+
+
+def test_other_split_of_the_run_dataset_must_not_hold_its_training_images(trained):
+    reg, url, run_id = trained
+    n_leak = _add_split(reg, "leaky", lambda p: {"train": "test", "test": "train"}.get(p, p))
+    assert n_leak > 0
+    res = CliRunner().invoke(app, ["--db", url, "predict", "--run", str(run_id), "--split", "leaky"])
+    assert res.exit_code == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == (
+        f"Error: {n_leak} of the images in leaky/test were in run {run_id}'s training or "
+        "validation data (split default) - evaluate on the run's own split or a disjoint one"
+    )
+    # a split whose test part is the run's own test part is fine
+    assert _add_split(reg, "same-test", lambda p: "test" if p == "test" else "train") == 0
+    ok = predict(reg, run_id=run_id, split="same-test")
+    own = predict(reg, run_id=run_id)
+    assert ok.n_images == own.n_images and ok.split == "same-test"
+    with reg.session() as s:  # nothing stored for the refused split
+        assert {e.split.name for e in s.scalars(select(Evaluation))} >= {"same-test"}
+        assert "leaky" not in {e.split.name for e in s.scalars(select(Evaluation))}

@@ -9,7 +9,9 @@ on the *validation* part (the study chose it on the test set; vitmed does not).
 
 A model trained on one dataset can score another: findings are matched by
 their harmonised (canonical) names, and those the two do not share are named
-in ``Evaluation.skipped_findings``.  Predictions are written with one bulk
+in ``Evaluation.skipped_findings``.  Another split of the run's own dataset is
+refused when its scored part holds any image of the run's training or validation
+part (that score would be inflated); other datasets are never checked.  Predictions are written with one bulk
 ``executemany`` inside the same transaction as the evaluation row.
 """
 
@@ -22,12 +24,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 
 from .data import BatchLoader, PartData, apply_uncertain, check_cache, load_part
 from .errors import NotFound, TrainingError
 from .registry.db import Registry
-from .registry.models import Checkpoint, Evaluation, EvaluationMetric, Prediction, Run
+from .registry.models import (
+    Checkpoint,
+    Evaluation,
+    EvaluationMetric,
+    Prediction,
+    Run,
+    SplitAssignment,
+)
 
 DEFAULT_PREDICT_BATCH = 64
 CHECKPOINT_ROLES = ("best", "last")
@@ -135,6 +145,23 @@ def _insert_predictions(session, evaluation_id: int, part: PartData, probs: np.n
     return len(rows)
 
 
+def _refuse_leak(session, run: Run, sp, part: str) -> None:
+    """Another split of the run's own dataset must not score images the run learnt from."""
+    scored = aliased(SplitAssignment)
+    seen = aliased(SplitAssignment)
+    n = session.scalar(
+        select(func.count(func.distinct(scored.image_id)))
+        .join(seen, seen.image_id == scored.image_id)
+        .where(scored.split_id == sp.id, scored.part == part,
+               seen.split_id == run.split_id, seen.part.in_(("train", "val")))
+    )
+    if n:
+        raise TrainingError(
+            f"{n} of the images in {sp.name}/{part} were in run {run.id}'s training or validation "
+            f"data (split {run.split.name}) - evaluate on the run's own split or a disjoint one"
+        )
+
+
 def _finite(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
@@ -172,6 +199,8 @@ def predict(
         else:
             ds = catalog.get_dataset(s, dataset)
             sp = catalog.get_split(s, ds, split)
+        if ds.id == run.dataset_id and run.split_id is not None and sp.id != run.split_id:
+            _refuse_leak(s, run, sp, part)
         check_cache(ds)
         frontal = bool(((run.config or {}).get("train") or {}).get("frontal_only", True))
         target = load_part(s, ds, sp, part, frontal_only=frontal)
