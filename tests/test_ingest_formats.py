@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from vitmed_cli.datasets import export_labels, ingest_dataset, parse_padchest_labels, view_of
+from vitmed_cli.datasets import export_labels, ingest_dataset, parse_padchest_labels, read_dataset, view_of
 from vitmed_cli.dicom import write_dicom
+from vitmed_cli.errors import InputError
 from vitmed_cli.findings import canonical_name, harmonise
 from vitmed_cli.images import load_image
 from vitmed_cli.registry.models import Dataset, Finding, Image, Label
@@ -396,3 +397,64 @@ def test_export_labels_csv(any_registry, nih_dir, tmp_path):
     assert info["n_images"] == 5 and list(df.columns[:3]) == ["key", "patient_id", "view"]
     row = df.set_index("key").loc["00000001_000.png"]
     assert row["Pleural Effusion"] == "1" and row["Hernia"] == "0" and row["patient_id"] == "1"
+
+
+# --- blank identifier cells and coded ages --------------------------------------
+
+
+def _blank_cell(path: Path, row: int, column: str) -> None:
+    """Empty one cell of a (possibly gzipped) fixture CSV, keeping everything as text."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as fh:
+        df = pd.read_csv(fh, dtype=str, keep_default_na=False)
+    df.loc[row, column] = ""
+    with opener(path, "wt", newline="") as fh:
+        df.to_csv(fh, index=False)
+
+
+@pytest.mark.parametrize(
+    "fmt, fixture, relpath, row, column",
+    [
+        ("mimic", "mimic_dir", "mimic-cxr-2.0.0-metadata.csv.gz", 2, "subject_id"),
+        ("mimic", "mimic_dir", "mimic-cxr-2.0.0-metadata.csv.gz", 1, "dicom_id"),
+        ("mimic", "mimic_dir", "mimic-cxr-2.0.0-metadata.csv.gz", 3, "study_id"),
+        ("padchest", "padchest_dir", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", 1, "ImageDir"),
+        ("padchest", "padchest_dir", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz", 4, "ImageID"),
+        ("cxr14", "nih_dir", "Data_Entry_2017_v2020.csv", 2, "Image Index"),
+        ("chexpert", "chexpert_parent", "CheXpert-v1.0-small/train.csv", 3, "Path"),
+    ],
+)
+def test_blank_id_cell_names_file_line_and_column(request, fmt, fixture, relpath, row, column):
+    root = request.getfixturevalue(fixture)
+    _blank_cell(root / relpath, row, column)
+    with pytest.raises(InputError) as err:
+        read_dataset(fmt, root)
+    msg = str(err.value)
+    assert msg.startswith(f"{root / relpath}: line {row + 2} has an empty {column!r} - every row needs one")
+    assert "\n" not in msg
+
+
+def test_blank_id_is_a_one_line_cli_error_and_writes_nothing(tmp_path, nih_dir):
+    from typer.testing import CliRunner
+
+    from vitmed_cli.cli import app
+    from vitmed_cli.registry.db import open_registry
+
+    _blank_cell(nih_dir / "Data_Entry_2017_v2020.csv", 0, "Image Index")
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    result = CliRunner().invoke(app, ["--db", url, "ingest", "cxr14", str(nih_dir), "--name", "nih"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"Error: {nih_dir / 'Data_Entry_2017_v2020.csv'}: line 2 has an empty 'Image Index' - every row "
+                     "needs one (the PNG file name); fill it in or delete the row"]
+    with open_registry(url).session() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 0
+
+
+def test_cxr14_coded_ages_become_years(nih_dir):
+    path = nih_dir / "Data_Entry_2017_v2020.csv"
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df["Patient Age"] = ["045Y", "003M", "010D", "58", ""]
+    df.to_csv(path, index=False)
+    ages = read_dataset("cxr14", nih_dir).images["age"].tolist()
+    assert ages[:4] == pytest.approx([45.0, 3 / 12, 10 / 365, 58.0]) and np.isnan(ages[4])
