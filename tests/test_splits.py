@@ -282,6 +282,11 @@ def test_cli_errors(registry, sqlite_url, tmp_path):
                     "random patient-level split with: vitmed split toy")
     _one_line_error(run(sqlite_url, "split", "toy", "--export", "nope"),
                     "dataset 'toy' has no split 'nope' (run: vitmed split toy)")
+    assert run(sqlite_url, "split", "toy", "--seed", "3").exit_code == 0
+    missing = tmp_path / "missing" / "x.csv"
+    _one_line_error(run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(missing)),
+                    f"cannot write {missing}: No such file or directory - choose a path in an "
+                    "existing, writable folder")
 
 
 def test_split_of_an_ingested_synthetic_dataset(registry, tmp_path):

@@ -90,7 +90,13 @@ def split(
     if export is not None:
         text = splits.export_split(registry, name, export)
         if out is not None:
-            out.write_text(text, encoding="utf-8")
+            try:
+                out.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write {out}: {exc.strerror or exc} - choose a path in an existing, "
+                    "writable folder"
+                ) from exc
             err_console.print(f"wrote split {export} of {name} to {out}")
         else:
             sys.stdout.write(text)
