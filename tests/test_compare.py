@@ -238,3 +238,37 @@ def test_compare_errors_name_the_fix(registry, tmp_path):
     )
     with pytest.raises(InputError, match="two or more models"):
         compare(registry, evals=[1])
+
+
+def test_compare_checks_the_csv_path_before_computing_or_storing(registry, tmp_path):
+    y = make_dataset(registry)
+    ids = []
+    for name, strength, seed in [("a", 2.0, 1), ("b", 1.0, 2)]:
+        write_csv(tmp_path / f"{name}.csv", y, strength, seed=seed)
+        ids.append(import_evaluation(registry, tmp_path / f"{name}.csv", dataset="toy", name=name)["evaluation_id"])
+    evals = ["--eval", str(ids[0]), "--eval", str(ids[1]), "--n-resamples", "20"]
+    bad = tmp_path / "missing" / "out.csv"
+    res = invoke(registry, "compare", *evals, "--csv", str(bad))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip() == (f"Error: --csv {bad}: cannot write it (No such file or directory) "
+                                  "- choose a path in an existing, writable folder")
+    with registry.session() as s:
+        assert s.scalar(select(func.count()).select_from(Comparison)) == 0
+    # a failed comparison leaves an existing file as it was, and creates no new one
+    keep = tmp_path / "keep.csv"
+    keep.write_text("old\n")
+    for target in (keep, tmp_path / "new.csv"):
+        res = invoke(registry, "compare", "--eval", str(ids[0]), "--eval", "999", "--csv", str(target))
+        assert res.exit_code == 1
+    assert keep.read_text() == "old\n" and not (tmp_path / "new.csv").exists()
+    res = invoke(registry, "compare", *evals, "--csv", str(keep))
+    assert res.exit_code == 0, res.output
+    assert keep.read_text().startswith("comparison_id,a,b,finding")
+
+
+def test_compare_help_documents_both_json_shapes():
+    res = CliRunner().invoke(app, ["compare", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert 'Two models: the pair object itself, {"comparison_id", "a", "b"' in text
+    assert 'Three or more models: {"group_id": ID, "pairs": LIST}' in text

@@ -61,16 +61,31 @@ def _render(result: dict) -> None:
     )
 
 
-def _write_csv(result: dict, target: str) -> None:
-    rows = compare_lib.comparison_rows(result)
-    out = sys.stdout if target == "-" else open(target, "w", newline="")
+def _open_csv(target: str):
+    """The --csv output, opened before any computing so a bad path fails first and stores nothing."""
+    if target == "-":
+        return sys.stdout
+    path = Path(target).expanduser()
+    if path.is_dir():
+        raise InputError(f"--csv {target}: is a folder - give a file name")
     try:
-        w = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
-        w.writeheader()
-        w.writerows(rows)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        # append mode checks the path without emptying an existing file; truncated on success
+        return open(path, "a", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(
+            f"--csv {target}: cannot write it ({exc.strerror or exc}) - choose a path in an "
+            "existing, writable folder"
+        ) from exc
+
+
+def _write_csv(result: dict, out) -> None:
+    rows = compare_lib.comparison_rows(result)
+    if out is not sys.stdout:
+        out.seek(0)
+        out.truncate()
+    w = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
 
 
 def compare(
@@ -103,14 +118,44 @@ def compare(
     Three or more models: every pair, FDR over all pairs x findings. Results are
     stored in the registry for vitmed report.
 
+    --csv FILE is checked before anything is computed or stored.
+
+    --json prints one JSON document. Two models: the pair object itself,
+    {"comparison_id", "a", "b", "n_images", "findings", "macro", ...}.
+    Three or more models: {"group_id": ID, "pairs": LIST}, where LIST holds
+    one pair object (as above) per pair of models.
+
     Example: vitmed compare --dataset vindr --init dinov2 --init imagenet
     """
     as_json = want_json(ctx, json_out)
     if as_json and csv_out == "-":
         raise InputError("--json and --csv - both write to stdout - pick one, or give --csv a file name")
-    if csv_out not in (None, "-") and not Path(csv_out).expanduser().resolve().parent.is_dir():
-        raise InputError(f"--csv {csv_out}: folder does not exist - create it or choose another path")
     registry = state(ctx).registry()
+    existed = csv_out not in (None, "-") and Path(csv_out).expanduser().exists()
+    out = _open_csv(csv_out) if csv_out is not None else None
+    try:
+        result = _run(registry, dataset=dataset, inits=init or [], evals=eval_ids or [],
+                      runs=run_ids or [], part=part.value, n_resamples=n_resamples, seed=seed,
+                      intersect=intersect, all_seeds=all_seeds, alpha=alpha)
+        if out is not None:
+            _write_csv(result, out)
+    except BaseException:
+        if out is not None and out is not sys.stdout:
+            out.close()
+            if not existed:  # leave no empty file behind a failed comparison
+                Path(csv_out).expanduser().unlink(missing_ok=True)
+        raise
+    if out is not None and out is not sys.stdout:
+        out.close()
+    if as_json:
+        pairs = [{k: v for k, v in p.items()} for p in result["pairs"]]
+        print_json(pairs[0] if len(pairs) == 1 else {"group_id": result["group_id"], "pairs": pairs})
+    elif csv_out != "-":
+        _render(result)
+
+
+def _run(registry, **kwargs) -> dict:
+    """compare_lib.compare with progress bars on stderr."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
         tasks: dict[str, int] = {}
@@ -120,15 +165,4 @@ def compare(
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)
 
-        result = compare_lib.compare(
-            registry, dataset=dataset, inits=init or [], evals=eval_ids or [], runs=run_ids or [],
-            part=part.value, n_resamples=n_resamples, seed=seed, intersect=intersect,
-            all_seeds=all_seeds, alpha=alpha, progress=progress,
-        )
-    if csv_out is not None:
-        _write_csv(result, csv_out)
-    if as_json:
-        pairs = [{k: v for k, v in p.items()} for p in result["pairs"]]
-        print_json(pairs[0] if len(pairs) == 1 else {"group_id": result["group_id"], "pairs": pairs})
-    elif csv_out != "-":
-        _render(result)
+        return compare_lib.compare(registry, progress=progress, **kwargs)
