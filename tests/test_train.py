@@ -101,6 +101,41 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(registry, tmp_path):
         resume(registry, cut.run_id, progress=False)
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_kill_between_resume_file_and_epoch_row_loses_no_epoch(registry, tmp_path, monkeypatch):
+    build_dataset(registry, tmp_path, n=80)
+    whole = finetune(registry, dataset="toy", epochs=2, seed=3, **FAST)
+    original = train_mod._save_resume
+
+    def save_then_die(path, payload):
+        original(path, payload)
+        if payload["batch"] == 0 and payload["epoch"] == 1:  # epoch 1 saved, its row not yet
+            raise _Killed
+
+    monkeypatch.setattr(train_mod, "_save_resume", save_then_die)
+    with pytest.raises(_Killed):
+        finetune(registry, dataset="toy", epochs=2, seed=3, **FAST)
+    monkeypatch.setattr(train_mod, "_save_resume", original)
+    with registry.session() as s:
+        run = s.scalars(select(Run).order_by(Run.id.desc())).first()
+        run_id = run.id
+        assert run.epochs_done == 0 and run.resume_path is None  # the window being tested
+        assert s.scalars(select(EpochMetric).where(EpochMetric.run_id == run_id)).all() == []
+    res = resume(registry, run_id, progress=False)
+    assert res.status == "completed" and res.epochs_done == 2
+    with registry.session() as s:
+        rows = s.scalars(select(EpochMetric).where(EpochMetric.run_id == run_id)
+                         .order_by(EpochMetric.epoch)).all()
+        assert [r.epoch for r in rows] == [1, 2]
+        assert [r.val_macro_auc for r in rows] == pytest.approx(
+            [h["val_macro_auc"] for h in whole.history])
+        run = s.get(Run, run_id)
+        assert run.epochs_done == 2 and run.best_epoch == whole.best_epoch
+
+
 def test_failed_run_records_the_error(registry, tmp_path, monkeypatch):
     build_dataset(registry, tmp_path, n=80)
 

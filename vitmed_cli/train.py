@@ -17,6 +17,8 @@ Ctrl-C or SIGTERM stops at the next batch boundary and saves ``resume.pt``
 :func:`resume` continues exactly there.  Data order and augmentation are
 drawn from generators seeded by (seed, epoch, batch), so an interrupted and
 resumed run ends with the same metrics as an uninterrupted one on the CPU.
+A process killed between an epoch's resume.pt and its registry row loses
+nothing: :func:`resume` writes the epochs resume.pt holds that the registry lacks.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) the model is wrapped in DDP,
 each rank trains on its shard of every epoch, validation is sharded and
@@ -869,6 +871,9 @@ def resume(
             raise TrainingError(
                 f"run {run_id} has already trained {done} epochs - pass --epochs above {done}"
             )
+        if not resume_path:  # killed between the first resume.pt and its registry write
+            guess = get_workspace().checkpoint_dir / f"run-{run_id}" / RESUME_FILE
+            resume_path = str(guess) if guess.is_file() else None
         if not resume_path:
             raise TrainingError(
                 f"run {run_id} stopped before its first resumable checkpoint - start a new run with "
@@ -896,6 +901,7 @@ def resume(
                               "train": {**(run.config or {}).get("train", {}), "epochs": target}}
                 run.status, run.error, run.ended_at = "running", None, None
                 run.epochs_planned = target
+                _reconcile_epochs(s, run, state, resume_path)
         return _execute(registry, run_id, cfg, prep, info, resume_state=state, progress=progress,
                         on_step=on_step)
     finally:
@@ -1153,6 +1159,28 @@ def _run_init_spec(registry: Registry, run_id: int, cfg: TrainConfig):
             return resolve_init(s, "random", cfg.arch)
         spec = resolve_init(s, f"ckpt:{ckpt_id}", cfg.arch, use_hub_cache=False)
     return spec
+
+
+def _reconcile_epochs(session, run: Run, state: dict[str, Any], resume_path: str) -> list[int]:
+    """Write the epochs resume.pt holds but the registry lacks; returns their numbers.
+
+    Each epoch end saves resume.pt first and then, in one transaction, its EpochMetric
+    row and the run's progress.  A process killed between the two leaves a resume.pt one
+    epoch ahead of the registry; resuming from it would skip that epoch's row forever.
+    resume.pt's history is the truth (it is what training continues from), so the
+    missing rows, ``epochs_done``, the best epoch and ``resume_path`` are taken from it.
+    """
+    have = set(session.scalars(select(EpochMetric.epoch).where(EpochMetric.run_id == run.id)))
+    added = []
+    for row in state.get("history") or []:
+        if int(row["epoch"]) not in have:
+            session.add(EpochMetric(run_id=run.id, **row))
+            added.append(int(row["epoch"]))
+    if added:
+        run.epochs_done = max(int(run.epochs_done or 0), len(state["history"]))
+        run.best_epoch, run.best_val_macro_auc = state.get("best_epoch"), state.get("best_auc")
+    run.resume_path = resume_path
+    return added
 
 
 def _mark_ended(registry: Registry, run_id: int, status: str, error: str) -> None:
