@@ -158,6 +158,19 @@ def test_unknown_views_are_used_only_when_the_dataset_has_no_view_information(re
     assert len(part) > len(mixed)
 
 
+def test_images_without_label_information_are_left_out(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=60)
+    with registry.session() as s:
+        before = load_part(s, "toy", None, "train")
+        drop = before.image_keys[:3]
+        ds = s.scalar(select(Dataset).where(Dataset.name == "toy"))
+        ds.options = {**(ds.options or {}), "unlabelled_keys": list(drop)}
+    with registry.session() as s:
+        after = load_part(s, "toy", None, "train")
+    assert after.image_keys == before.image_keys[3:]
+    assert len(after.labels) == len(before.labels) - 3
+
+
 def test_apply_uncertain_policies():
     lab = np.array([[1, 0, -1, np.nan]], dtype=np.float32)
     np.testing.assert_array_equal(apply_uncertain(lab, "zeros"), [[1, 0, 0, 0]])

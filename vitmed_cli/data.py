@@ -132,7 +132,8 @@ def load_part(
     could not be read may be a lateral.  Only a dataset with no view information at all
     (every image 'unknown', e.g. a CSV without a view column) uses its 'unknown' images.
     Both cases are one query: the 'unknown' branch carries a NOT EXISTS over the dataset's
-    known views.
+    known views.  Images listed in ``Dataset.options["unlabelled_keys"]`` (no label
+    information in the source) are left out too.
     """
     ds, sp = _resolve(session, dataset, split)
     fnd = session.execute(
@@ -159,6 +160,11 @@ def load_part(
         any_known = exists().where(other.dataset_id == ds.id, other.view.in_(KNOWN_VIEWS))
         q = q.where((Image.view == "frontal") | ((Image.view == "unknown") & ~any_known))
     rows = session.execute(q).all()
+    # Images whose source gives no label information at all (PadChest rows with a blank
+    # Labels cell) would otherwise read as "all negative": leave them out.
+    unlabelled = set((ds.options or {}).get("unlabelled_keys") or ())
+    if unlabelled:
+        rows = [r for r in rows if r[1] not in unlabelled]
     image_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     cache_rows = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
     keys = [r[1] for r in rows]

@@ -7,7 +7,11 @@ dataset, split, initial checkpoint (by sha256), configuration and code version.
 Conventions
 -----------
 * Labels: one row per image x finding that the source mentions, ``value`` is
-  1 (positive), 0 (negative) or -1 (uncertain); *no row* means "not mentioned".
+  1 (positive), 0 (negative) or -1 (uncertain); *no row* means "not mentioned"
+  (negative at training time, as in the study).
+* Views: ``Image.view`` is frontal, lateral or unknown (the native code is kept in
+  ``view_native``). Training and evaluation use frontal images; a dataset with no view
+  information at all (every image unknown) uses its unknown images.
 * Predictions carry the label they were scored against (``label``: 1 or 0), so
   a comparison can check that two evaluations share their ground truth.
 * Deleting a dataset cascades to its images, labels and splits, but is refused
