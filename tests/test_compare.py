@@ -272,3 +272,15 @@ def test_compare_help_documents_both_json_shapes():
     text = " ".join(res.output.split())
     assert 'Two models: the pair object itself, {"comparison_id", "a", "b"' in text
     assert 'Three or more models: {"group_id": ID, "pairs": LIST}' in text
+
+
+def test_import_accepts_native_paths_with_a_release_prefix(registry, tmp_path):
+    # CheXpert's CSV names images "CheXpert-v1.0-small/train/..."; vitmed keys drop the prefix
+    y = make_dataset(registry)
+    keys = [f"CheXpert-v1.0-small/img{i:04d}" for i in range(N)]
+    p = write_csv(tmp_path / "a.csv", y, 2.0, seed=3, keys=keys)
+    out = import_evaluation(registry, tmp_path / "a.csv", dataset="toy", name="native")
+    with registry.session() as s:
+        arr = load_evaluation_arrays(s, out["evaluation_id"])
+    assert arr.image_keys == [f"img{i:04d}" for i in range(N)]
+    np.testing.assert_allclose(arr.scores, p)

@@ -542,6 +542,17 @@ def import_evaluation(
             probs[c] = v
         id_by_key = dict(s.execute(select(Image.key, Image.id).where(Image.dataset_id == ds.id)).all())
         missing = [k for k in keys if k not in id_by_key]
+        if missing:
+            # native paths with a release prefix (CheXpert's "CheXpert-v1.0-small/train/...")
+            # name the same image as the registered key "train/..."
+            for k in missing:
+                parts = k.replace("\\", "/").split("/")
+                for i in range(1, len(parts)):
+                    hit = id_by_key.get("/".join(parts[i:]))
+                    if hit is not None:
+                        id_by_key[k] = hit
+                        break
+            missing = [k for k in keys if k not in id_by_key]
         if missing and kcol == "image_id" and all(k.isdigit() for k in keys):
             # an image_id column may hold registry ids rather than keys
             ids = set(s.scalars(select(Image.id).where(Image.dataset_id == ds.id)))
