@@ -150,8 +150,9 @@ def _populate(registry) -> dict:
         p_rows = [(FINDINGS[0], 0.0004, 0.0002, 0.0008), (FINDINGS[1], 0.21, 0.25, 0.25),
                   (MACRO, 0.003, None, None)]
         for f, p, pd, pa in p_rows:
-            s.add(ComparisonResult(comparison_id=cmp.id, finding=f, auc_a=0.55, auc_b=0.9, diff=0.35,
-                                   ci_low=0.2, ci_high=0.5, p_value=p, p_delong=pd, p_adjusted=pa))
+            # as compare stores them: diff = AUC A - AUC B
+            s.add(ComparisonResult(comparison_id=cmp.id, finding=f, auc_a=0.55, auc_b=0.9, diff=-0.35,
+                                   ci_low=-0.5, ci_high=-0.2, p_value=p, p_delong=pd, p_adjusted=pa))
 
         ds2 = Dataset(name="second", format="csv", source_path="/data/two", image_size=32)
         s.add(ds2)
@@ -260,7 +261,7 @@ def test_html_report_has_tables_figures_and_provenance(filled, tmp_path):
     assert rows["dinov2"][1] == str(info["dinov2"])
     assert rows["dinov2"][2] == str(info["run_dn"])
     assert rows["dinov2"][5] == f"{dino.auc_mean:.3f} ± {dino.auc_sd:.3f}"
-    assert rows["dinov2"][6] == f"{dino.ci_low:.3f}–{dino.ci_high:.3f}"
+    assert rows["dinov2"][6] == f"[{dino.ci_low:.3f}, {dino.ci_high:.3f}]"
     assert rows["dinov2"][7] == f"{dino.sensitivity:.3f}"
     assert rows["external-model"][7:] == ["-", "-", "-"]
 
@@ -452,3 +453,34 @@ def test_build_report_on_each_backend(any_registry):
         "imagenet": info["imagenet"], "dinov2": info["dinov2"], "external-model": info["external"]}
     assert [r.id for r in toy.runs] == [info["run_in"], info["run_dn"]]
     assert toy.runs[1].val_macro_auc == [0.7, 0.8, 0.86]
+
+
+def test_pvalue_header_matches_sign_of_stored_difference(filled, tmp_path):
+    reg, info = filled
+    soup = BeautifulSoup(write_report(reg, tmp_path / "r.html", n_resamples=20).read_text("utf-8"),
+                         "html.parser")
+    pv = soup.select_one(f'table.pvalue-table[data-comparison="{info["cmp"]}"]')
+    head = [th.get_text(strip=True) for th in pv.find("thead").find_all("th")]
+    assert head[3] == "difference A − B" and "B − A" not in soup.get_text()
+    with reg.session() as s:
+        stored = {r.finding: r for r in s.get(Comparison, info["cmp"]).results}
+    for row in _cells(pv):
+        r = stored[MACRO if row[0] == "macro average" else row[0]]
+        assert float(row[3]) == pytest.approx(r.auc_a - r.auc_b, abs=1e-3)
+        assert float(row[3]) == pytest.approx(float(row[1]) - float(row[2]), abs=2e-3)
+        assert row[4] == f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_written_files_follow_the_umask(filled, tmp_path, mask):
+    reg, info = filled
+    old = os.umask(mask)
+    try:
+        html_out = write_report(reg, tmp_path / "r.html", n_resamples=10)
+        md = create_report(reg, tmp_path / "r.md", datasets=["toyxr"], n_resamples=10)
+    finally:
+        os.umask(old)
+    want = 0o666 & ~mask
+    for path in [html_out, md.path, *md.figure_files]:
+        assert (path.stat().st_mode & 0o777) == want, path
+    assert md.figure_files

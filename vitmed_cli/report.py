@@ -680,7 +680,7 @@ def _mean_sd(mean: float | None, sd: float | None) -> str:
 
 
 def _ci(lo: float | None, hi: float | None) -> str:
-    return "-" if lo is None or hi is None else f"{lo:.3f}–{hi:.3f}"
+    return "-" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
 
 
 def _short(sha: str | None) -> str:
@@ -695,7 +695,7 @@ SUMMARY_COLS = ("initialisation", "evaluation", "run", "n test images", "AUC",
                 "AUC mean ± SD (bootstrap)", "95% CI", "sensitivity", "specificity", "accuracy")
 FINDING_COLS = ("finding", "initialisation", "AUC", "AUC mean ± SD", "95% CI", "threshold",
                 "sensitivity", "specificity", "accuracy", "positives", "negatives")
-CMP_COLS = ("finding", "AUC A", "AUC B", "difference B − A", "95% CI of difference",
+CMP_COLS = ("finding", "AUC A", "AUC B", "difference A − B", "95% CI of difference",
             "p (bootstrap)", "p (DeLong)", "p (FDR-adjusted)")
 
 
@@ -983,12 +983,28 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
+        # mkstemp creates 0600; give the file the mode a plain open() would have.
+        os.chmod(path, 0o666 & ~_umask())
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
