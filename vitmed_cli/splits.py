@@ -318,9 +318,9 @@ def make_split(
 ) -> dict[str, Any]:
     """Split a dataset by patient (by image where it has no patient ids), stratified over findings."""
     check_fractions(val, test)
-    name = name or f"patient-s{seed}"
     with registry.session() as s:
         ds = get_dataset(s, dataset)
+        name = name or f"{'patient' if ds.has_patient_ids else 'image'}-s{seed}"
         _drop_existing(s, ds, name, replace)
         images = _load_images(s, ds)
         if len(images.ids) == 0:

@@ -1026,7 +1026,7 @@ def _execute(
             stopped = False
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
-                task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches,
+                task = bar.add_task(f"run {run_id} epoch {epoch + 1}/{cfg.epochs}", total=n_batches,
                                     completed=start_batch, note="") if bar else None
                 done = start_batch
                 acc = torch.zeros((), dtype=torch.float64, device=device)
@@ -1101,7 +1101,7 @@ def _execute(
                         run.resume_path = str(resume_file)
                     if bar:
                         bar.console.print(
-                            f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val loss "
+                            f"run {run_id} epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}, val loss "
                             f"{val_loss:.4f}, val macro AUC {macro:.4f}" + (" (best)" if improved else "")
                         )
                 if stopped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Sequence
@@ -14,8 +15,16 @@ from rich.table import Table
 
 from ..registry.db import Registry, open_registry
 
-console = Console()
-err_console = Console(stderr=True)
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped into a file or a log, tables get room instead of rich's 80-column default.
+    if not stream.isatty() and "COLUMNS" not in os.environ:
+        return Console(stderr=stderr, width=160)
+    return Console(stderr=stderr)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of a table.")
@@ -99,7 +108,8 @@ def print_table(
         return
     table = Table(title=title, show_lines=False)
     for _key, header in cols:
-        table.add_column(header)
+        # wrap rather than cut: piped output is 80 columns wide, and a cut value is a lost one
+        table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*[fmt(row.get(key)) for key, _ in cols])
     console.print(table)
@@ -107,8 +117,8 @@ def print_table(
 
 def print_record(record: dict[str, Any], *, title: str | None = None) -> None:
     table = Table(title=title, show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key, value in record.items():
         if isinstance(value, (dict, list)):
             value = json.dumps(_clean(value))

@@ -38,14 +38,16 @@ def _render(result: dict) -> None:
         )
         for col in ("finding", "AUC A", "AUC B", "diff A-B [95% CI]", "bootstrap p", "DeLong p",
                     "FDR p", "better"):
-            table.add_column(col, justify="left" if col in ("finding", "better") else "right")
+            table.add_column(col, justify="left" if col in ("finding", "better") else "right",
+                             overflow="fold")
         for r in pair["findings"] + [pair["macro"]]:
             name = "macro average" if r["finding"] == MACRO else r["finding"]
             table.add_row(
                 f"[bold]{name}[/bold]" if r["finding"] == MACRO else name,
                 fmt(r["auc_a"]), fmt(r["auc_b"]),
                 f"{r['diff']:+.3f} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
-                _p(r["p_value"]), _p(r["p_delong"]), _p(r["p_adjusted"]), r["better"] or "-",
+                _p(r["p_value"]), _p(r["p_delong"]), _p(r["p_adjusted"]),
+                {pair["a"]: "A", pair["b"]: "B"}.get(r["better"], r["better"] or "-"),
             )
         console.print(table)
         if pair["skipped_findings"]:

@@ -20,19 +20,17 @@ def _render(info: dict[str, Any]) -> None:
         f"split {info['name']} of {info['dataset']} (id {info['id']}, {info['method']}, "
         f"by {info['by']}, seed {info['seed'] if info['seed'] is not None else '-'})"
     )
+    # one row per finding, one column per part: stays readable with 20+ findings
+    parts = list(info["parts"])
     table = Table(title=title)
-    table.add_column("part", style="bold")
-    table.add_column("images", justify="right")
-    table.add_column("patients", justify="right")
+    table.add_column("", style="bold", overflow="fold")
+    for part in parts:
+        table.add_column(part, justify="right")
+    table.add_row("images", *[str(info["parts"][p]["n_images"]) for p in parts])
+    table.add_row("patients", *["-" if info["parts"][p]["n_patients"] is None
+                                else str(info["parts"][p]["n_patients"]) for p in parts])
     for f in info["findings"]:
-        table.add_column(f, justify="right")
-    for part, row in info["parts"].items():
-        table.add_row(
-            part,
-            str(row["n_images"]),
-            "-" if row["n_patients"] is None else str(row["n_patients"]),
-            *[str(row["positives"][f]) for f in info["findings"]],
-        )
+        table.add_row(f"{f} (positives)", *[str(info["parts"][p]["positives"][f]) for p in parts])
     console.print(table)
     if info.get("n_unassigned"):
         console.print(f"{info['n_unassigned']} image(s) unassigned")

@@ -83,9 +83,12 @@ def create_registry_engine(url: str) -> Engine:
             "or postgresql+psycopg://"
         ) from exc
     except ModuleNotFoundError as exc:
+        if parsed.get_backend_name() == "postgresql":
+            fix = "run: pip install 'vitmed[postgres]'"
+        else:
+            fix = "vitmed supports sqlite:/// and postgresql+psycopg:// registries"
         raise ConfigError(
-            f"the database driver for {_redact(url)} is not installed ({exc.name}) - "
-            "run: pip install 'vitmed[postgres]'"
+            f"the database driver for {_redact(url)} is not installed ({exc.name}) - {fix}"
         ) from exc
     except ArgumentError as exc:
         raise ConfigError(f"invalid registry URL {_redact(url)}: {exc}") from exc
