@@ -109,7 +109,11 @@ def test_missing_columns_fail_at_once_naming_file_and_columns(sqlite_url, tmp_pa
     bad = tmp_path / "bad.csv"
     bad.write_text("file,patient_id,Cardiomegaly\na.png,P1,1\n")
     result = _invoke(sqlite_url, "ingest", "csv", str(bad), "--name", "bad")
-    assert _one_line_error(result) == f"Error: {bad} is missing column(s) path - expected path"
+    assert _one_line_error(result) == (
+        f"Error: {bad} is missing column(s) path - expected path; the file has: file, patient_id, Cardiomegaly"
+        " - name the image path column with --path-col COLUMN (now 'path') and the patient column with"
+        " --patient-col COLUMN (default patient_id)"
+    )
     root = tmp_path / "mimic"
     root.mkdir()
     (root / "mimic-cxr-2.0.0-metadata.csv").write_text("dicom_id,subject_id,study_id\n")
@@ -118,7 +122,8 @@ def test_missing_columns_fail_at_once_naming_file_and_columns(sqlite_url, tmp_pa
     result = _invoke(sqlite_url, "ingest", "mimic", str(root), "--name", "m")
     line = _one_line_error(result)
     assert line == (f"Error: {root / 'mimic-cxr-2.0.0-metadata.csv'} is missing column(s) ViewPosition - "
-                    "expected dicom_id, subject_id, study_id, ViewPosition")
+                    "expected dicom_id, subject_id, study_id, ViewPosition; the file has: dicom_id, subject_id, "
+                    "study_id")
     assert _counts(make_registry(sqlite_url)) == (0, 0, 0, 0)
 
 
@@ -161,7 +166,7 @@ def test_bad_label_value_and_failed_insert_leave_nothing(registry, csv_dataset, 
     bad.write_text("path,patient_id,Cardiomegaly\na.png,P1,1\nb.png,P2,yes\n")
     with pytest.raises(ds_mod.InputError, match=r"has no finding columns .*not findings: Cardiomegaly\)"):
         ingest_dataset(registry, "csv", bad, name="vals", progress=False)
-    with pytest.raises(ds_mod.InputError, match=r"column 'Cardiomegaly' holds 'yes' - finding columns take"):
+    with pytest.raises(ds_mod.InputError, match=r"vals.csv: line 3, column 'Cardiomegaly' has 'yes' - finding columns take"):
         ingest_dataset(registry, "csv", bad, name="vals", progress=False, findings="Cardiomegaly")
     # A failure in the middle of the registration transaction (after images were inserted).
     real = ds_mod.read_generic_csv
@@ -186,3 +191,82 @@ def test_synthetic_ingest_via_cli(sqlite_url, tmp_path):
     assert out["format"] == "synthetic" and (out["n_images"], out["n_ingested"], out["n_unreadable"]) == (12, 12, 0)
     cache = np.load(out["cache_path"], mmap_mode="r")
     assert cache.shape == (12, 32, 32) and cache.max() > 100
+
+
+# --- re-ingest with changed labels, typo cells, unreadable datasets ------------------------------
+
+
+def test_reingest_with_changed_label_is_refused_and_changes_nothing(sqlite_url, make_registry, csv_dataset):
+    args = ("ingest", "csv", str(csv_dataset), "--name", "chxe", "--image-size", "32", "--workers", "1")
+    assert _invoke(sqlite_url, *args).exit_code == 0
+    registry = make_registry(sqlite_url)
+    before = _counts(registry)
+    df = pd.read_csv(csv_dataset, dtype=str, keep_default_na=False)
+    df.loc[2, "Cardiomegaly"] = "1"  # was 0
+    df.to_csv(csv_dataset, index=False)
+    line = _one_line_error(_invoke(sqlite_url, *args))
+    assert line == (
+        "Error: dataset 'chxe' is registered with different labels: 1 image x finding labels differ "
+        "(e.g. img/002.png: Cardiomegaly 0 -> 1) and 0 findings are new - ingest under a new --name, "
+        "or delete it first with vitmed datasets delete chxe"
+    )
+    df["Pneumothorax"] = ["0", "1", "0", "0", "", "0"]  # a new finding column
+    df.to_csv(csv_dataset, index=False)
+    line = _one_line_error(_invoke(sqlite_url, *args))
+    assert "1 image x finding labels differ" in line and "and 1 findings are new (Pneumothorax)" in line
+    assert _counts(registry) == before
+    export = _invoke(sqlite_url, "datasets", "export", "chxe").stdout.strip().splitlines()
+    assert export[0] == "key,patient_id,view,Cardiomegaly,Pleural Effusion" and export[3] == "img/002.png,P1,frontal,0,0"
+    # Back to the registered labels: the ordinary resumable re-run.
+    df = df.drop(columns="Pneumothorax")
+    df.loc[2, "Cardiomegaly"] = "0"
+    df.to_csv(csv_dataset, index=False)
+    again = _invoke(sqlite_url, *args, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["n_skipped_existing"] == 5 and _counts(registry) == before
+
+
+def test_reingest_detects_a_blanked_label(registry, csv_dataset):
+    ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1, progress=False)
+    df = pd.read_csv(csv_dataset, dtype=str, keep_default_na=False)
+    df.loc[3, "Effusion"] = ""  # was -1 (uncertain)
+    df.to_csv(csv_dataset, index=False)
+    with pytest.raises(ds_mod.AlreadyExists, match=r"1 image x finding labels differ \(e.g. img/003.png: Effusion -1 -> blank\)"):
+        ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1, progress=False)
+
+
+def test_one_typo_cell_names_file_line_column_and_value(sqlite_url, make_registry, tmp_path):
+    typo = tmp_path / "typo.csv"
+    rows = ["path,patient_id,Pneumothorax,Edema,comment"]
+    rows += [f"img{i}.png,P{i},{i % 2},{'' if i == 3 else 1},x" for i in range(12)]
+    rows[6] = "img5.png,P5,O,1,x"  # line 7 of the file: letter O for zero
+    typo.write_text("\n".join(rows) + "\n")
+    line = _one_line_error(_invoke(sqlite_url, "ingest", "csv", str(typo), "--name", "t"))
+    assert line == (f"Error: {typo}: line 7, column 'Pneumothorax' has 'O' - finding columns take 1, 0, -1 "
+                    "(uncertain) or blank; correct the cell")
+    line = _one_line_error(_invoke(sqlite_url, "ingest", "csv", str(typo), "--name", "t", "--findings", "Pneumothorax"))
+    assert "typo.csv: line 7, column 'Pneumothorax' has 'O'" in line
+    assert _counts(make_registry(sqlite_url)) == (0, 0, 0, 0)
+
+
+def test_every_image_unreadable_fails_but_stays_registered_for_a_resume(sqlite_url, make_registry, tmp_path):
+    folder = tmp_path / "v1"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "a.dicom").write_bytes(b"not an image")
+    (folder / "train" / "b.dicom").write_bytes(b"")
+    (folder / "labels.csv").write_text("path,Cardiomegaly\ntrain/a.dicom,1\ntrain/b.dicom,0\n")
+    args = ("ingest", "csv", str(folder / "labels.csv"), "--name", "v1", "--image-size", "32", "--workers", "1",
+            "--no-progress")
+    line = _one_line_error(_invoke(sqlite_url, *args))
+    assert line.startswith("Error: none of the 2 images of 'v1' could be read (first: train/a.dicom: ")
+    assert line.endswith(") - check the files; the dataset is registered so a re-run after fixing them resumes")
+    registry = make_registry(sqlite_url)
+    assert _counts(registry) == (1, 2, 2, 1)
+    from vitmed_cli.dicom import write_dicom
+
+    for name in ("a.dicom", "b.dicom"):
+        write_dicom(folder / "train" / name, np.full((40, 40), 900, dtype=np.uint16))
+    fixed = _invoke(sqlite_url, *args, "--json")
+    assert fixed.exit_code == 0, fixed.output
+    out = json.loads(fixed.stdout)
+    assert (out["n_ingested"], out["n_unreadable"], out["n_new_images"]) == (2, 0, 0)

@@ -77,6 +77,15 @@ NIH_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
+# VinDr-CXR 1.0.0 image-level labels (image_labels_train.csv; the test file
+# spells the last-but-one "Other disease").
+VINDR_FINDINGS = (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture",
+    "Consolidation", "Edema", "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity",
+    "Lung cavity", "Lung cyst", "Mediastinal shift", "Nodule/Mass", "Pleural effusion",
+    "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis", "Rib fracture", "Other lesion",
+    "COPD", "Lung tumor", "Pneumonia", "Tuberculosis", "Other diseases", "No finding",
+)
 IMAGE_COLUMNS = (
     "key", "source_path", "patient_id", "study_id", "view", "view_native", "sex", "age", "official_part",
 )
@@ -179,8 +188,14 @@ def _find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def read_table(path: Path, required: tuple[str, ...] | list[str] = (), *, what: str = "") -> pd.DataFrame:
-    """A CSV (plain or .gz) with every column as text; fails at once on missing columns."""
+def read_table(
+    path: Path, required: tuple[str, ...] | list[str] = (), *, what: str = "", hint: str = ""
+) -> pd.DataFrame:
+    """A CSV (plain or .gz) with every column as text; fails at once on missing columns.
+
+    The error lists the columns the file has; ``hint`` (e.g. which option
+    renames a column) is appended to it.
+    """
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=True, low_memory=False)
     except FileNotFoundError as exc:
@@ -190,9 +205,13 @@ def read_table(path: Path, required: tuple[str, ...] | list[str] = (), *, what: 
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
+        has = [c for c in df.columns if not c.startswith("Unnamed")]
+        shown = ", ".join(has[:20]) + (f", ... ({len(has)} in all)" if len(has) > 20 else "")
         raise InputError(
             f"{path} is missing column(s) {', '.join(missing)} - expected {', '.join(required)}"
             + (f" ({what})" if what else "")
+            + f"; the file has: {shown or 'no columns'}"
+            + (f" - {hint}" if hint else "")
         )
     return df
 
@@ -210,20 +229,38 @@ def require_ids(df: pd.DataFrame, columns: tuple[str, ...] | list[str], source: 
             )
 
 
-def label_matrix(df: pd.DataFrame, columns: list[str], source: Path) -> np.ndarray:
-    """Columns of 1 / 0 / -1 / blank as float32 (NaN = blank); anything else is an error."""
+LABEL_VALUES = (1, 0, -1)
+
+
+def _invalid_labels(raw: pd.Series) -> np.ndarray:
+    """Mask of cells that are neither blank nor 1 / 0 / -1 (1.0 etc. count as valid)."""
+    text = raw.astype("string").str.strip()
+    blank = (raw.isna() | (text == "")).to_numpy(dtype=bool, na_value=True)
+    values = pd.to_numeric(text, errors="coerce")
+    valid = values.isin(LABEL_VALUES).to_numpy(dtype=bool, na_value=False)
+    return ~blank & ~valid
+
+
+def label_matrix(
+    df: pd.DataFrame, columns: list[str], source: Path, *, lines: np.ndarray | None = None
+) -> np.ndarray:
+    """Columns of 1 / 0 / -1 / blank as float32 (NaN = blank); anything else is an error.
+
+    The error names the file, the line (``lines[i]`` for row i; by default
+    row + 2, the header being line 1), the column and the value.
+    """
     out = np.full((len(df), len(columns)), np.nan, dtype=np.float32)
     for j, col in enumerate(columns):
         raw = df[col]
-        values = pd.to_numeric(raw, errors="coerce")
-        bad = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
-        bad |= values.notna() & ~values.isin([1, 0, -1])
+        bad = _invalid_labels(raw)
         if bad.any():
-            example = raw[bad].iloc[0]
+            i = int(np.flatnonzero(bad)[0])
+            line = int(lines[i]) if lines is not None else i + 2
             raise InputError(
-                f"{source}: column {col!r} holds {example!r} - finding columns take 1, 0, -1 "
-                "(uncertain) or blank"
+                f"{source}: line {line}, column {col!r} has {str(raw.iloc[i]).strip()!r} - finding columns "
+                "take 1, 0, -1 (uncertain) or blank; correct the cell"
             )
+        values = pd.to_numeric(raw.astype("string").str.strip(), errors="coerce")
         out[:, j] = values.to_numpy(dtype=np.float32, na_value=np.nan)
     return out
 
@@ -273,6 +310,14 @@ def read_vindr(root: Path, *, label_policy: str = "majority") -> RecordSet:
         if not folder.is_dir():
             raise InputError(f"{folder} not found - {csv_path.name} lists its images as {part}/<image_id>.dicom")
         cols = [c for c in df.columns if c not in ("image_id", "rad_id") and not c.startswith("Unnamed")]
+        known = {_vindr_key(f) for f in VINDR_FINDINGS}
+        if not any(_vindr_key(c) in known for c in cols):
+            raise InputError(
+                f"{csv_path} has none of the VinDr-CXR finding columns (e.g. "
+                f"{', '.join(VINDR_FINDINGS[:4])}, ..., No finding); it has: "
+                f"{', '.join(cols[:10]) or 'only ' + ', '.join(required)} - PATH must be the VinDr-CXR 1.0.0 "
+                "folder whose annotations/ hold the published image_labels_*.csv"
+            )
         for c in cols:
             k = _vindr_key(c)
             if k not in keys:
@@ -396,8 +441,9 @@ def read_mimic(root: Path) -> RecordSet:
         for col in ("subject_id", "study_id"):
             df[col] = df[col].str.strip()
     meta["dicom_id"] = meta["dicom_id"].str.strip()
-    lab = labels.drop_duplicates(["subject_id", "study_id"]).set_index(["subject_id", "study_id"])
-    study_mat = label_matrix(lab.reset_index(), list(CHEXPERT_FINDINGS), paths["chexpert"])
+    first = ~labels.duplicated(["subject_id", "study_id"]).to_numpy()
+    study_mat = label_matrix(labels, list(CHEXPERT_FINDINGS), paths["chexpert"])[first]
+    lab = labels[first].set_index(["subject_id", "study_id"])
     pos = lab.index.get_indexer(pd.MultiIndex.from_frame(meta[["subject_id", "study_id"]]))
     mat = np.full((len(meta), len(CHEXPERT_FINDINGS)), np.nan, dtype=np.float32)
     has = pos >= 0
@@ -592,6 +638,7 @@ def read_padchest(root: Path) -> RecordSet:
     return RecordSet(images, natives, mat, notes=notes, options=options, invert_keys=invert_keys)
 
 
+FINDING_COLUMN_VALID_SHARE = 0.9  # csv: share of non-blank cells that must be 1/0/-1 to call it a finding
 CSV_META = ("study_id", "sex", "age", "part")
 PART_ALIASES = {"train": "train", "val": "val", "valid": "val", "validate": "val", "validation": "val", "test": "test"}
 
@@ -622,7 +669,11 @@ def read_generic_csv(
         required.append(view_col)
     if findings:
         required += list(findings)
-    df = read_table(csv_path, required)
+    df = read_table(
+        csv_path, required,
+        hint=f"name the image path column with --path-col COLUMN (now {path_col!r}) and the patient column "
+        f"with --patient-col COLUMN (default patient_id)",
+    )
     notes: list[str] = []
     meta = {path_col, patient_col, view_col, *CSV_META}
     if findings:
@@ -632,9 +683,13 @@ def read_generic_csv(
         for c in df.columns:
             if c in meta or c.startswith("Unnamed"):
                 continue
-            vals = pd.to_numeric(df[c], errors="coerce")
-            blank = df[c].isna() | (df[c].astype(str).str.strip() == "")
-            if (vals.notna() | blank).all() and vals.dropna().isin([0, 1, -1]).all() and vals.notna().any():
+            # A column that is mostly 1/0/-1/blank is a finding column: its few
+            # other cells are typos, reported by label_matrix below (never a
+            # column silently dropped over one typo).
+            text = df[c].astype("string").str.strip()
+            n_filled = int((df[c].notna() & (text != "")).sum())
+            n_bad = int(_invalid_labels(df[c]).sum())
+            if n_filled and (n_filled - n_bad) >= FINDING_COLUMN_VALID_SHARE * n_filled:
                 natives.append(c)
             else:
                 ignored.append(c)
@@ -725,6 +780,59 @@ def _none(value: Any) -> Any:
     return value
 
 
+def _label_text(value: float) -> str:
+    return "blank" if np.isnan(value) else str(int(value))
+
+
+def _check_same_labels(s, ds: Dataset, records: RecordSet) -> None:
+    """Refuse a re-ingest whose labels or findings differ from the registered ones.
+
+    Compares every image already registered (by key) and every finding
+    (registered or newly read); a registered finding the new read lacks
+    counts as blank.  Raises :class:`AlreadyExists` naming the count and
+    the first difference.
+    """
+    registered = sorted(ds.findings, key=lambda f: f.position)
+    col_of = {f.native: j for j, f in enumerate(registered)}
+    new_findings = [n for n in records.natives if n not in col_of]
+    t = Image.__table__
+    conn = s.connection()
+    id_key = conn.execute(select(t.c.id, t.c.key).where(t.c.dataset_id == ds.id)).all()
+    row_of_key = {str(k): i for i, k in enumerate(records.images["key"].astype(str))}
+    pairs = [(image_id, row_of_key[str(k)]) for image_id, k in id_key if str(k) in row_of_key]
+    old = np.full((len(pairs), len(registered)), np.nan, dtype=np.float32)
+    if pairs and registered:
+        at = {image_id: i for i, (image_id, _) in enumerate(pairs)}
+        fcol = {f.id: j for j, f in enumerate(registered)}
+        lt = Label.__table__
+        q = select(lt.c.image_id, lt.c.finding_id, lt.c.value).where(lt.c.finding_id.in_(list(fcol)))
+        for image_id, finding_id, value in conn.execute(q):
+            i = at.get(image_id)
+            if i is not None:
+                old[i, fcol[finding_id]] = value
+    new = np.full_like(old, np.nan)
+    rows = np.array([r for _, r in pairs], dtype=np.int64)
+    for j_new, native in enumerate(records.natives):
+        j = col_of.get(native)
+        if j is not None and len(rows):
+            new[:, j] = records.labels[rows, j_new]
+    differ = ~((old == new) | (np.isnan(old) & np.isnan(new)))
+    n_differ = int(differ.sum())
+    if not n_differ and not new_findings:
+        return
+    example = ""
+    if n_differ:
+        i, j = (int(x[0]) for x in np.nonzero(differ))
+        key = records.images["key"].iloc[rows[i]]
+        example = f" (e.g. {key}: {registered[j].native} {_label_text(old[i, j])} -> {_label_text(new[i, j])})"
+    listed = f" ({', '.join(new_findings[:5])}{', ...' if len(new_findings) > 5 else ''})" if new_findings else ""
+    raise AlreadyExists(
+        f"dataset {ds.name!r} is registered with different labels: {n_differ} image x finding labels "
+        f"differ{example} and {len(new_findings)} findings are new{listed} - ingest under a new --name, "
+        f"or delete it first with vitmed datasets delete {ds.name}"
+    )
+
+
 def _register(
     registry: Registry,
     *,
@@ -764,6 +872,7 @@ def _register(
                     f"dataset {name!r} was ingested with --label-policy {ds.label_policy} - re-run "
                     "with that policy, or use a new --name"
                 )
+            _check_same_labels(s, ds, records)
         else:
             ds = Dataset(
                 name=name,
@@ -1033,6 +1142,27 @@ def ingest_dataset(
                 log.warning("%s is MONOCHROME1: inverted so that 0 is black", src)
         findings = list(
             s.scalars(select(Finding.canonical).where(Finding.dataset_id == dataset_id).order_by(Finding.position))
+        )
+        first_bad = None
+        if n_images and n_unreadable == n_images:
+            first_bad = s.execute(
+                select(t.c.source_path, t.c.key, t.c.error)
+                .where(t.c.dataset_id == dataset_id, t.c.readable.is_(False))
+                .order_by(t.c.id)
+                .limit(1)
+            ).first()
+    if first_bad is not None:
+        # Kept registered (not rolled back): fixing the files and re-running resumes.
+        src, key, error = first_bad
+        try:
+            shown = Path(src).relative_to(source if source.is_dir() else source.parent).as_posix()
+        except (TypeError, ValueError):
+            shown = str(key)
+        error = " ".join(str(error or "unreadable").split())
+        error = error if len(error) <= 200 else error[:197] + "..."
+        raise InputError(
+            f"none of the {n_images} images of {name!r} could be read (first: {shown}: {error}) - check the "
+            "files; the dataset is registered so a re-run after fixing them resumes"
         )
     return IngestSummary(
         dataset_id=dataset_id,
