@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from vitmed_cli.errors import InputError
 from vitmed_cli.registry.models import Split
 from vitmed_cli.splits import official_split
-from tests.test_splits import add_dataset
+from test_splits import add_dataset
 
 
 def test_official_split_without_a_test_part_is_refused(registry):

@@ -286,3 +286,20 @@ def test_cli_sigterm_stops_with_exit_130_and_the_resume_command(registry, tmp_pa
         f"run {run.id} interrupted - continue it with: vitmed finetune --resume {run.id}",
     ]
     assert len(calls) == 1  # stopped at the first batch boundary
+
+
+def test_changed_init_file_is_refused_before_any_run_row(registry, tmp_path):
+    import timm
+    import torch
+
+    from vitmed_cli.weights import pretrain_load
+
+    build_dataset(registry, tmp_path, n=60)
+    path = tmp_path / "mine.pth"
+    torch.save(timm.create_model(ARCH, pretrained=False, img_size=32, **TINY).state_dict(), path)
+    pretrain_load(registry, "file", file=path, arch=ARCH, name="mine", model_kwargs=TINY)
+    torch.save(timm.create_model(ARCH, pretrained=False, img_size=32, **TINY).state_dict(), path)
+    line = _one_line_error(_invoke(registry, "finetune", "--dataset", "toy", "--init", "mine",
+                                   *TINY_ARGS))
+    assert "changed since it was registered" in line
+    assert _n_runs(registry) == 0

@@ -821,11 +821,13 @@ def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
                warn: Callable[[str], None] | None = None) -> tuple[int, dict[str, Any]]:
     """Check everything, then write the run row (status running); returns (run id, final config)."""
     from .models import check_arch_name
-    from .weights import resolve_init
+    from .weights import resolve_init, verify_sha256
 
     with registry.session() as s:
         prep = _prepare(s, cfg)
         spec = resolve_init(s, cfg.init, cfg.arch)
+    # a missing or changed weights file is refused before any run row exists
+    verify_sha256(spec)
     note = left_out_message(prep.left_out)
     if note:
         (warn or log.warning)(note)

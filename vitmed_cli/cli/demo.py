@@ -37,8 +37,8 @@ def demo(
     It ingests a synthetic 'source' dataset (standing in for MIMIC-CXR) and a 'target'
     (standing in for VinDr-CXR), fine-tunes a small ViT on the source, registers it as an
     initialisation, fine-tunes the target from random and from that init, compares them
-    with paired bootstrap and DeLong tests (FDR-adjusted) and writes the report. About three
-    minutes on 2 CPU cores.
+    with paired bootstrap and DeLong tests (FDR-adjusted) and writes the report. About a minute
+    and a half on 2 CPU cores.
 
     Example: vitmed demo --out vitmed-demo
     """
