@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from vitmed_cli.datasets import export_labels, ingest_dataset, parse_padchest_labels, read_dataset, view_of
 from vitmed_cli.dicom import write_dicom
-from vitmed_cli.errors import InputError
+from vitmed_cli.errors import AlreadyExists, InputError
 from vitmed_cli.findings import canonical_name, harmonise
 from vitmed_cli.images import load_image
 from vitmed_cli.registry.models import Dataset, Finding, Image, Label
@@ -458,3 +458,68 @@ def test_cxr14_coded_ages_become_years(nih_dir):
     df.to_csv(path, index=False)
     ages = read_dataset("cxr14", nih_dir).images["age"].tolist()
     assert ages[:4] == pytest.approx([45.0, 3 / 12, 10 / 365, 58.0]) and np.isnan(ages[4])
+
+
+# --- changed labels, bad label cells, wrong VinDr columns ------------------------------------
+
+
+def test_vindr_reingest_with_a_new_finding_column_is_refused(registry, vindr_dir):
+    ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1, progress=False)
+    before = _labels(registry, "vindr")
+    csv_path = vindr_dir / "annotations" / "image_labels_test.csv"
+    df = pd.read_csv(csv_path, dtype=str)
+    df["Lung nodule"] = ["1", "0"]
+    df.to_csv(csv_path, index=False)
+    with pytest.raises(AlreadyExists) as err:
+        ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1, progress=False)
+    assert str(err.value) == (
+        "dataset 'vindr' is registered with different labels: 0 image x finding labels differ and 1 findings "
+        "are new (Lung nodule) - ingest under a new --name, or delete it first with vitmed datasets delete vindr"
+    )
+    df = df.drop(columns="Lung nodule")
+    df.loc[1, "Pneumothorax"] = "0"  # eee555 was 1
+    df.to_csv(csv_path, index=False)
+    with pytest.raises(AlreadyExists, match=r"1 image x finding labels differ \(e.g. eee555: Pneumothorax 1 -> 0\) "
+                                         r"and 0 findings are new"):
+        ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1, progress=False)
+    assert _labels(registry, "vindr") == before
+
+
+def test_vindr_labels_csv_without_finding_columns_is_refused(vindr_dir):
+    csv_path = vindr_dir / "annotations" / "image_labels_train.csv"
+    pd.DataFrame({"image_id": ["aaa111"], "rad_id": ["R8"], "class_name": ["Aortic enlargement"],
+                  "x_min": ["1"]}).to_csv(csv_path, index=False)
+    with pytest.raises(InputError) as err:
+        read_dataset("vindr", vindr_dir)
+    assert str(err.value).startswith(
+        f"{csv_path} has none of the VinDr-CXR finding columns (e.g. Aortic enlargement, Atelectasis, "
+        "Calcification, Cardiomegaly, ..., No finding); it has: class_name, x_min - "
+    )
+    pd.DataFrame({"image_id": ["aaa111"], "Cardiomegaly": ["1"]}).to_csv(csv_path, index=False)
+    with pytest.raises(InputError, match=r"is missing column\(s\) rad_id - expected image_id, rad_id; "
+                                         r"the file has: image_id, Cardiomegaly"):
+        read_dataset("vindr", vindr_dir)
+
+
+def test_bad_label_cells_name_file_line_column_and_value(chexpert_parent, mimic_dir, vindr_dir):
+    train = chexpert_parent / "CheXpert-v1.0-small" / "train.csv"
+    df = pd.read_csv(train, dtype=str, keep_default_na=False)
+    df.loc[2, "Edema"] = "1.O"
+    df.to_csv(train, index=False)
+    with pytest.raises(InputError) as err:
+        read_dataset("chexpert", chexpert_parent)
+    assert str(err.value) == (f"{train}: line 4, column 'Edema' has '1.O' - finding columns take 1, 0, -1 "
+                              "(uncertain) or blank; correct the cell")
+    labels_gz = mimic_dir / "mimic-cxr-2.0.0-chexpert.csv.gz"
+    lab = pd.read_csv(labels_gz, dtype=str, keep_default_na=False)
+    lab.loc[len(lab)] = lab.iloc[0]  # a duplicate study row (dropped) keeps line numbers honest
+    lab.loc[len(lab)] = {**lab.iloc[1].to_dict(), "study_id": "57375967", "Pneumonia": "2"}
+    _gz_csv(labels_gz, lab)
+    with pytest.raises(InputError, match=r"chexpert.csv.gz: line 5, column 'Pneumonia' has '2' - "):
+        read_dataset("mimic", mimic_dir)
+    vindr_csv = vindr_dir / "annotations" / "image_labels_train.csv"
+    v = pd.read_csv(vindr_csv, dtype=str)
+    v.loc[4, "Pneumothorax"] = "yes"
+    v.to_csv(vindr_csv, index=False)
+    with pytest.raises(InputError, match=r"image_labels_train.csv: line 6, column 'Pneumothorax' has 'yes'"):
+        read_dataset("vindr", vindr_dir)

@@ -77,6 +77,12 @@ def ingest(
 
     Formats: vindr, chexpert, mimic, cxr14, padchest, csv, synthetic.
 
+    Running it again with the same arguments resumes the image cache; if the
+    labels read now differ from the registered ones it refuses (use a new
+    --name or `vitmed datasets delete NAME`).  When no image at all could be
+    read it exits non-zero but keeps the registration, so a re-run after
+    fixing the files resumes.
+
     Example: vitmed ingest vindr ~/data/vindr-cxr/1.0.0 --name vindr --image-size 224
     """
     from ..datasets import ingest_dataset
