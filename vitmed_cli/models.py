@@ -12,13 +12,15 @@ no initialisation), used by ``pretrain-load`` before anything is registered.
 
 from __future__ import annotations
 
+
 import difflib
+import json
 import math
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -327,3 +329,22 @@ def create_model(
 
 
 __all__ = ["WeightsCheck", "check_arch_name", "check_weights", "create_model", "fit_state_dict"]
+
+
+def parse_model_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
+    """``--model-kwargs`` (a JSON object, or already a dict) as a dict; a clear error otherwise."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"--model-kwargs is not valid JSON ({exc.msg}) - write an object, e.g. "
+                '\'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\''
+            ) from exc
+    if not isinstance(value, dict):
+        raise ConfigError(
+            '--model-kwargs must be a JSON object, e.g. \'{"depth": 2, "embed_dim": 64}\''
+        )
+    return dict(value)

@@ -597,24 +597,6 @@ def _register_file(
     return _result(ckpt, existing=False)
 
 
-def _parse_model_kwargs(model_kwargs: dict[str, Any] | str | None) -> dict[str, Any]:
-    if model_kwargs is None or model_kwargs == "":
-        return {}
-    if isinstance(model_kwargs, str):
-        import json
-
-        try:
-            model_kwargs = json.loads(model_kwargs)
-        except json.JSONDecodeError as exc:
-            raise WeightsError(
-                f"--model-kwargs is not valid JSON ({exc.msg}) - write e.g. "
-                "'{\"depth\": 2, \"embed_dim\": 48, \"num_heads\": 2}'"
-            ) from exc
-    if not isinstance(model_kwargs, dict):
-        raise WeightsError("--model-kwargs must be a JSON object, e.g. '{\"depth\": 2}'")
-    return dict(model_kwargs)
-
-
 def pretrain_load(
     registry: "Registry",
     init: str,
@@ -635,7 +617,9 @@ def pretrain_load(
     from . import models
 
     init = (init or "").strip()
-    kwargs = _parse_model_kwargs(model_kwargs)
+    from .models import parse_model_kwargs
+
+    kwargs = parse_model_kwargs(model_kwargs)
 
     if init.startswith("run:"):
         run_id = _parse_id(init, "run:")

@@ -12,6 +12,7 @@ import typer
 from .. import train
 from ..data import UncertainPolicy
 from ..errors import ConfigError
+from ..models import parse_model_kwargs
 from ._common import JsonOpt, console, err_console, print_json, print_table, state, want_json
 
 
@@ -24,24 +25,6 @@ class Device(str, Enum):
 class Scheduler(str, Enum):
     constant = "constant"
     cosine = "cosine"
-
-
-def parse_model_kwargs(raw: str | None) -> dict[str, Any]:
-    """``--model-kwargs`` as a dict; a clear error for anything but a JSON object."""
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"--model-kwargs is not valid JSON ({exc.msg}) - write an object, e.g. "
-            '\'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\''
-        ) from exc
-    if not isinstance(value, dict):
-        raise ConfigError(
-            '--model-kwargs must be a JSON object, e.g. \'{"depth": 2, "embed_dim": 64}\''
-        )
-    return value
 
 
 def _names(raw: str | None) -> list[str] | None:
