@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Annotated, Any, Iterable, Sequence
 
 import typer
@@ -25,6 +26,14 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+
+class Part(str, Enum):
+    """A part of a split."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of a table.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,13 +14,7 @@ from rich.table import Table
 from .. import compare as compare_lib
 from ..errors import InputError
 from ..registry.models import MACRO
-from ._common import JsonOpt, console, err_console, fmt, print_json, state, want_json
-
-
-class Part(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
+from ._common import Part, JsonOpt, console, err_console, fmt, print_json, state, want_json
 
 
 def _p(value) -> str:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import catalog
+from ..data import UncertainPolicy
 from .. import compare as compare_lib
-from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
+from ._common import Part, JsonOpt, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
                   no_args_is_help=True)
@@ -52,18 +52,6 @@ def show(ctx: typer.Context, evaluation_id: int, json_out: JsonOpt = False) -> N
                           "n_positive", "n_negative"], title="per finding")
 
 
-class Uncertain(str, Enum):
-    zeros = "zeros"
-    ones = "ones"
-    ignore = "ignore"
-
-
-class Part(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-
-
 @app.command("import")
 def import_(
     ctx: typer.Context,
@@ -75,7 +63,7 @@ def import_(
     part: Annotated[Part, typer.Option(help="Split part the predictions were made on.")] = Part.test,
     key_col: Annotated[Optional[str], typer.Option(
         "--key-col", help="Image key column (default: image_id, key or Path if present, else the first).")] = None,
-    uncertain: Annotated[Uncertain, typer.Option(help="Uncertain labels (-1) count as 0, 1, or are left out.")] = Uncertain.zeros,
+    uncertain: Annotated[UncertainPolicy, typer.Option(help="Uncertain labels (-1) count as 0, 1, or are left out.")] = UncertainPolicy.zeros,
     json_out: JsonOpt = False,
 ) -> None:
     """Register predictions made elsewhere (CSV of probabilities) as an evaluation.

@@ -8,14 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from .. import predict as predict_lib
-from ._common import JsonOpt, console, print_json, print_table, state, want_json
+from ._common import Part, JsonOpt, console, print_json, print_table, state, want_json
 from .finetune import Device
-
-
-class Part(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
 
 
 class Role(str, Enum):
