@@ -289,9 +289,12 @@ def test_html_report_has_tables_figures_and_provenance(filled, tmp_path):
         img = _data_png(f.find("img")["src"])
         assert img.size[0] > 100 and img.size[1] > 100
 
-    # provenance beside the tables
+    # provenance once per dataset; the other tables refer to it
     prov = soup.select('aside.provenance[data-dataset="toyxr"]')
-    assert {p["data-for"] for p in prov} == {"auc-table", "finding-table", "pvalue-table"}
+    assert len(prov) == 1 and prov[0]["data-for"] == "dataset"
+    refs = soup.select('section[data-dataset="toyxr"] p.provref a')
+    assert len(refs) == 2 and {a["href"] for a in refs} == {"#" + prov[0]["id"]}
+    assert len(soup.select("aside.provenance")) == 2  # one per dataset section
     first = prov[0]
     assert first.find("code", class_="sha256", title=SHA_DINO).get_text() == SHA_DINO[:12]
     ptext = first.get_text(" ")
@@ -484,3 +487,89 @@ def test_written_files_follow_the_umask(filled, tmp_path, mask):
     for path in [html_out, md.path, *md.figure_files]:
         assert (path.stat().st_mode & 0o777) == want, path
     assert md.figure_files
+
+
+def _add_comparison(s, ds_id, a, b, group, when, diff):
+    cmp = Comparison(dataset_id=ds_id, evaluation_a_id=a, evaluation_b_id=b, label_a=f"eval {a}",
+                     label_b=f"eval {b}", n_images=60, n_resamples=100, seed=0, group_id=group,
+                     created_at=when)
+    s.add(cmp)
+    s.flush()
+    s.add(ComparisonResult(comparison_id=cmp.id, finding=MACRO, auc_a=0.6, auc_b=0.6 - diff, diff=diff,
+                           ci_low=diff - 0.1, ci_high=diff + 0.1, p_value=0.5))
+    return cmp.id
+
+
+def test_repeated_comparisons_show_only_the_latest_per_set_of_evaluations(filled, tmp_path):
+    reg, info = filled
+    a, b, x = info["imagenet"], info["dinov2"], info["external"]
+    t1 = dt.datetime.now(dt.timezone.utc)  # after the fixture's comparison
+    with reg.session() as s:
+        ds_id = s.query(Dataset).filter_by(name="toyxr").one().id
+        later = [_add_comparison(s, ds_id, a, b, f"g{k}", t1 + dt.timedelta(hours=k), -0.1 * k)
+                 for k in (1, 2, 3)]
+        # one call with three models: its (a, b) pair is a different set of compared evaluations
+        trio = [_add_comparison(s, ds_id, p, q, "trio", t1 + dt.timedelta(hours=4), -0.01)
+                for p, q in ((a, b), (a, x), (b, x))]
+        swapped = _add_comparison(s, ds_id, b, a, "g9", t1 + dt.timedelta(hours=5), 0.3)
+    rep = build_report(reg, datasets=["toyxr"], n_resamples=10, figures=False)
+    (toy,) = rep.datasets
+    shown = {c.id: c for c in toy.comparisons}
+    assert set(shown) == {later[-1], *trio, swapped}
+    assert shown[later[-1]].n_stored == 4  # the fixture's comparison and three repeats
+    assert shown[later[-1]].rows[0].diff == pytest.approx(-0.3)
+    assert all(shown[i].n_stored == 1 for i in (*trio, swapped))
+    assert rep.n_tables == 2 + 5
+
+    soup = BeautifulSoup(render_html(rep), "html.parser")
+    tables = soup.select("table.pvalue-table")
+    assert [int(t["data-comparison"]) for t in tables] == sorted(shown)
+    note = soup.select_one(f'p.provref[data-comparison="{later[-1]}"]').get_text(" ")
+    assert "latest of 4 stored comparisons" in note
+    cap = soup.select_one(f'table[data-comparison="{later[-1]}"] caption').get_text()
+    assert cap == (f"comparison {later[-1]}: A = imagenet (evaluation {a}), "
+                   f"B = dinov2 (evaluation {b})")
+
+
+def test_provenance_traces_init_run_and_architecture(filled, tmp_path):
+    reg, info = filled
+    sha_src = "5e" * 32
+    with reg.session() as s:
+        ds = s.query(Dataset).filter_by(name="toyxr").one()
+        src = s.get(Run, info["run_in"])
+        src.config = {"train": {"model_kwargs": {"patch_size": 8, "embed_dim": 96, "depth": 4,
+                                                 "num_heads": 3}}}
+        ck = Checkpoint(name="toy-supervised", init="run:1", arch="vit_tiny", sha256=sha_src, source="run",
+                        role="best", run_id=src.id, path="/w/best.safetensors")
+        s.add(ck)
+        s.flush()
+        dn = s.get(Run, info["run_dn"])
+        dn.init_checkpoint_id, dn.init_sha256 = ck.id, sha_src
+    rep = build_report(reg, datasets=["toyxr"], n_resamples=10, figures=False)
+    runs = {r.id: r for r in rep.datasets[0].runs}
+    assert runs[info["run_dn"]].init_run_id == info["run_in"]
+    assert runs[info["run_in"]].init_run_id is None
+    assert runs[info["run_in"]].arch_label == "vit_tiny (patch_size=8, depth=4, embed_dim=96, num_heads=3)"
+    soup = BeautifulSoup(render_html(rep), "html.parser")
+    prov = " ".join(soup.select_one("aside.provenance").get_text(" ").split())
+    assert f"{sha_src[:12]} from run {info['run_in']} (dataset toyxr, split main-split)" in prov
+    assert "run {} (vit_tiny (patch_size=8, depth=4, embed_dim=96, num_heads=3)".format(info["run_in"]) in prov
+
+    runs_t = soup.select_one("table.runs-table")
+    code = runs_t.select("code.sha256")
+    assert [c.get_text() for c in code] == [SHA_IMAGENET[:12], sha_src[:12]]
+    assert [c["title"] for c in code] == [SHA_IMAGENET, sha_src]
+    assert SHA_IMAGENET not in runs_t.get_text()
+    assert "break-all" in soup.find("style").get_text()
+    row = _cells(runs_t)[1]
+    assert row[3] == f"{sha_src[:12]}from run {info['run_in']} (dataset toyxr, split main-split)"
+    assert "–" not in soup.select_one("table.auc-table").get_text()
+
+
+def test_bar_chart_starts_at_chance_and_says_so(filled, tmp_path):
+    reg, info = filled
+    rep = build_report(reg, n_resamples=20)
+    bars = next(f for f in rep.figures if f.kind == "bars")
+    lows = [r.ci_low if r.ci_low is not None else r.auc for d in rep.datasets for r in d.inits]
+    start = "0.5 (chance)" if min(lows) >= 0.5 else "0"
+    assert bars.title.endswith(f"the y axis starts at {start}")

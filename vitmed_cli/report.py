@@ -50,6 +50,7 @@ from .registry.models import (
 ALPHA = 0.05
 FORMATS = ("html", "md")
 INIT_ORDER = ("random", "imagenet", "dinov2")
+KWARG_ORDER = ("patch_size", "depth", "embed_dim", "num_heads")
 Progress = Callable[[str, int, int], None]
 
 
@@ -76,6 +77,27 @@ class RunInfo:
     started_at: str | None
     epochs: list[int] = field(default_factory=list)
     val_macro_auc: list[float | None] = field(default_factory=list)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_run_id: int | None = None
+    init_run_dataset: str | None = None
+    init_run_split: str | None = None
+
+    @property
+    def arch_label(self) -> str:
+        """``arch`` plus the model kwargs the run built it with, e.g. ``vit_tiny (patch_size=8, depth=4)``."""
+        if not self.model_kwargs:
+            return self.arch
+        keys = [k for k in KWARG_ORDER if k in self.model_kwargs]
+        keys += sorted(k for k in self.model_kwargs if k not in KWARG_ORDER)
+        return f"{self.arch} ({', '.join(f'{k}={self.model_kwargs[k]}' for k in keys)})"
+
+    @property
+    def init_from(self) -> str | None:
+        """The run that produced this run's initialisation, for checkpoints with source 'run'."""
+        if self.init_run_id is None:
+            return None
+        return (f"run {self.init_run_id} (dataset {self.init_run_dataset or '-'}, "
+                f"split {self.init_run_split or '-'})")
 
 
 @dataclass
@@ -163,6 +185,9 @@ class ComparisonTable:
     options: dict[str, Any]
     created_at: str | None
     rows: list[ComparisonRow]
+    name_a: str = ""
+    name_b: str = ""
+    n_stored: int = 1
 
 
 @dataclass
@@ -261,9 +286,36 @@ def _eval_init(ev: Evaluation) -> str:
     return ev.init_name or ev.name
 
 
-def _run_info(run: Run) -> RunInfo:
+def _model_kwargs(run: Run) -> dict[str, Any]:
+    cfg = run.config or {}
+    kw = cfg.get("model_kwargs")
+    if not kw and isinstance(cfg.get("train"), dict):
+        kw = cfg["train"].get("model_kwargs")
+    return dict(kw) if isinstance(kw, dict) else {}
+
+
+def _init_source_run(session, run: Run) -> Run | None:
+    """The run whose output checkpoint initialised ``run`` (checkpoint source 'run'), if any."""
+    ck = run.init_checkpoint
+    if ck is None or ck.source != "run":
+        return None
+    src_id = ck.run_id if ck.run_id is not None else (ck.meta or {}).get("from_run")
+    if src_id is None or src_id == run.id:
+        return None
+    try:
+        return session.get(Run, int(src_id))
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_info(session, run: Run) -> RunInfo:
     sha = run.init_sha256 or (run.init_checkpoint.sha256 if run.init_checkpoint else None)
+    src = _init_source_run(session, run)
     return RunInfo(
+        model_kwargs=_model_kwargs(run),
+        init_run_id=src.id if src is not None else None,
+        init_run_dataset=src.dataset.name if src is not None else None,
+        init_run_split=src.split.name if src is not None else None,
         id=run.id,
         init_name=run.init_name,
         arch=run.arch,
@@ -414,10 +466,26 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
     init_pos = {r.init_name: i for i, r in enumerate(inits)}
     per_finding.sort(key=lambda r: (order.get(r.finding, len(order)), r.finding, init_pos[r.init_name]))
 
+    # Every `vitmed compare` stores a new comparison (kept for provenance); the report shows, per
+    # set of compared evaluations (the pair, and the group's evaluations for 3+ models), the latest.
+    stored = list(session.scalars(
+        select(Comparison).where(Comparison.dataset_id == ds.id)
+        .order_by(Comparison.created_at, Comparison.id)
+    ))
+    group_evals: dict[str, set[int]] = {}
+    for cmp in stored:
+        if cmp.group_id:
+            group_evals.setdefault(cmp.group_id, set()).update((cmp.evaluation_a_id, cmp.evaluation_b_id))
+    latest_cmp: dict[tuple, Comparison] = {}
+    n_stored: dict[tuple, int] = {}
+    for cmp in stored:  # later rows win
+        members = group_evals.get(cmp.group_id or "", {cmp.evaluation_a_id, cmp.evaluation_b_id})
+        key = (cmp.evaluation_a_id, cmp.evaluation_b_id, frozenset(members))
+        latest_cmp.pop(key, None)
+        latest_cmp[key] = cmp
+        n_stored[key] = n_stored.get(key, 0) + 1
     comparisons: list[ComparisonTable] = []
-    for cmp in session.scalars(
-        select(Comparison).where(Comparison.dataset_id == ds.id).order_by(Comparison.id)
-    ):
+    for key, cmp in sorted(latest_cmp.items(), key=lambda kv: kv[1].id):
         ev_a, ev_b = session.get(Evaluation, cmp.evaluation_a_id), session.get(Evaluation, cmp.evaluation_b_id)
         results = sorted(cmp.results, key=lambda r: (r.finding == MACRO, order.get(r.finding, len(order)), r.finding))
         comparisons.append(ComparisonTable(
@@ -426,6 +494,9 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
             run_a_id=ev_a.run_id if ev_a else None, run_b_id=ev_b.run_id if ev_b else None,
             n_images=cmp.n_images, n_resamples=cmp.n_resamples, seed=cmp.seed,
             group_id=cmp.group_id, options=dict(cmp.options or {}), created_at=_iso(cmp.created_at),
+            name_a=_eval_init(ev_a) if ev_a else cmp.label_a,
+            name_b=_eval_init(ev_b) if ev_b else cmp.label_b,
+            n_stored=n_stored[key],
             rows=[ComparisonRow(
                 finding=r.finding, auc_a=_num(r.auc_a), auc_b=_num(r.auc_b), diff=_num(r.diff),
                 ci_low=_num(r.ci_low), ci_high=_num(r.ci_high), p_value=_num(r.p_value),
@@ -435,7 +506,7 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
         ))
 
     runs = [
-        _run_info(r)
+        _run_info(session, r)
         for r in session.scalars(select(Run).where(Run.dataset_id == ds.id).order_by(Run.id))
     ]
     return DatasetSection(
@@ -649,10 +720,16 @@ def _bar_figure(sections: list[DatasetSection]) -> FigureData | None:
             labelled.add(row.init_name)
     ax.set_xticks(np.arange(len(sections)), [s.name for s in sections])
     ax.set_ylabel("macro AUC (bootstrap mean, 95% CI)")
-    ax.set_ylim(max(0.0, min(lows) - 0.05), 1.0)
+    # An AUC axis starts at chance (0.5) or, when some bar or interval falls below chance, at 0.
+    bottom = 0.5 if min(lows) >= 0.5 else 0.0
+    ax.set_ylim(bottom, 1.0)
+    if bottom == 0.5:
+        ax.axhline(0.5, color="0.5", lw=0.8, ls="--")
     ax.set_title("AUC per dataset and initialisation", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return FigureData(kind="bars", title="Macro AUC per dataset and initialisation (test part)",
+    start = "0.5 (chance)" if bottom == 0.5 else "0"
+    return FigureData(kind="bars", title=f"Macro AUC per dataset and initialisation (test part); "
+                                         f"the y axis starts at {start}",
                       filename="auc_bars.png", png=_png(fig))
 
 
@@ -712,9 +789,27 @@ def _finding_cells(r: FindingRow) -> list[str]:
             "-" if r.n_negative is None else str(r.n_negative)]
 
 
+def _cmp_caption(c: ComparisonTable) -> str:
+    return (f"comparison {c.id}: A = {c.name_a or c.label_a} (evaluation {c.evaluation_a_id}), "
+            f"B = {c.name_b or c.label_b} (evaluation {c.evaluation_b_id})")
+
+
 def _cmp_cells(r: ComparisonRow) -> list[str]:
     return [_finding_label(r.finding), _f(r.auc_a), _f(r.auc_b), _f(r.diff), _ci(r.ci_low, r.ci_high),
             _p(r.p_value), _p(r.p_delong), _p(r.p_adjusted)]
+
+
+def _comparison_note(c: ComparisonTable, shown: set[int]) -> str:
+    """What one p-value table rests on beyond the dataset's provenance."""
+    text = (f"comparison {c.id} (latest of {c.n_stored} stored comparison{'s' if c.n_stored != 1 else ''} "
+            f"of these evaluations): evaluations {c.evaluation_a_id} vs {c.evaluation_b_id}, runs "
+            f"{c.run_a_id or '-'} vs {c.run_b_id or '-'}, {c.n_images} paired images, {c.n_resamples} "
+            f"resamples (seed {c.seed}), {c.created_at or '-'}")
+    stale = [i for i in (c.evaluation_a_id, c.evaluation_b_id) if i not in shown]
+    if stale:
+        text += (f"; evaluation(s) {', '.join(map(str, stale))} are not the latest of their "
+                 "initialisation: the summary table shows newer ones")
+    return text + "."
 
 
 def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow]) -> list[tuple[str, str, str | None]]:
@@ -727,13 +822,16 @@ def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow])
         run = runs.get(r.run_id) if r.run_id is not None else None
         bits = [f"evaluation {r.evaluation_id} ({r.source}, {r.n_images} test images, {r.created_at or '-'})"]
         if run is not None:
-            bits.append(f"run {run.id} ({run.arch}, seed {run.seed}, best epoch {run.best_epoch})")
+            bits.append(f"run {run.id} ({run.arch_label}, seed {run.seed}, best epoch {run.best_epoch})")
         else:
             bits.append("no run (imported scores)")
         split = r.split or (run.split if run else None)
         seed = r.split_seed if r.split else (run.split_seed if run else None)
         bits.append(f"split {split or '-'} (seed {seed if seed is not None else '-'})")
-        bits.append(f"init sha256 {_short(r.init_sha256)}")
+        init = f"init sha256 {_short(r.init_sha256)}"
+        if run is not None and run.init_from:
+            init += f" from {run.init_from}"
+        bits.append(init)
         bits.append(f"code {r.code_version or '-'}")
         items.append((r.init_name, "; ".join(bits), r.init_sha256))
     for name, info in sec.splits.items():
@@ -755,6 +853,11 @@ th,td{border:1px solid #ccd;padding:.25em .55em;text-align:right;white-space:now
 th{background:#eef0f6}td:first-child,th:first-child,td.name{text-align:left}
 tr:nth-child(even) td{background:#fafbfd}
 td.significant{font-weight:bold;background:#fde8c8 !important}
+td.wrap{white-space:normal;overflow-wrap:anywhere;text-align:left;min-width:6em}
+td.hash{white-space:normal;word-break:break-all;text-align:left}
+code{word-break:break-all}
+.provenance h4{margin:.2em 0 .3em 0}.provref{font-size:.85em;color:#555;margin:.2em 0 1em 0}
+caption{text-align:left;font-size:.9em;color:#444;padding-bottom:.2em}
 .block{display:flex;flex-wrap:wrap;gap:1.2em;align-items:flex-start}
 .block>table{flex:none}
 .provenance{font-size:.8em;color:#444;background:#f6f6f2;border-left:3px solid #bba;padding:.4em .8em;
@@ -771,8 +874,22 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+class _Raw(str):
+    """A table cell that is already HTML (built from escaped parts)."""
+
+
+def _sha_html(r: RunInfo) -> str:
+    if not r.init_sha256:
+        return "-"
+    out = f'<code class="sha256" title="{_e(r.init_sha256)}">{_e(_short(r.init_sha256))}</code>'
+    if r.init_from:
+        out += f'<br><span class="init-from">from {_e(r.init_from)}</span>'
+    return out
+
+
 def _html_table(cls: str, attrs: dict[str, Any], cols: Sequence[str], rows: list[list[str]],
-                sig: list[set[int]] | None = None, caption: str | None = None) -> str:
+                sig: list[set[int]] | None = None, caption: str | None = None,
+                wrap: dict[int, str] | None = None) -> str:
     a = "".join(f' {k}="{_e(v)}"' for k, v in attrs.items())
     out = [f'<table class="{cls}"{a}>']
     if caption:
@@ -782,18 +899,25 @@ def _html_table(cls: str, attrs: dict[str, Any], cols: Sequence[str], rows: list
         tds = []
         for j, c in enumerate(cells):
             klass = "significant" if sig and j in sig[i] else ("name" if j == 0 else "")
+            if wrap and j in wrap:
+                klass = f"{klass} {wrap[j]}".strip()
             cattr = f' class="{klass}"' if klass else ""
-            text = f"<strong>{_e(c)}</strong>" if klass == "significant" else _e(c)
+            text = c if isinstance(c, _Raw) else _e(c)
+            text = f"<strong>{text}</strong>" if klass == "significant" else text
             tds.append(f"<td{cattr}>{text}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def _html_provenance(rep: Report, sec: DatasetSection, rows: Sequence[InitRow], kind: str,
-                     extra: list[tuple[str, str, str | None]] | None = None) -> str:
-    items = _provenance_items(rep, sec, rows) + (extra or [])
-    out = [f'<aside class="provenance" data-for="{_e(kind)}" data-dataset="{_e(sec.name)}"><dl>']
+def _prov_id(name: str) -> str:
+    return "prov-" + _slug(name)
+
+
+def _html_provenance(rep: Report, sec: DatasetSection) -> str:
+    items = _provenance_items(rep, sec, sec.inits)
+    out = [f'<aside class="provenance" id="{_prov_id(sec.name)}" data-for="dataset" '
+           f'data-dataset="{_e(sec.name)}"><h4>Provenance of {_e(sec.name)}</h4><dl>']
     for label, text, full in items:
         if full:
             short = _short(full)
@@ -814,6 +938,13 @@ def _html_figure(fig: FigureData) -> str:
         attrs += f' data-finding="{_e(fig.finding)}"'
     return (f'<figure class="figure"{attrs}><img alt="{_e(fig.title)}" '
             f'src="data:image/png;base64,{data}"><figcaption>{_e(fig.title)}</figcaption></figure>')
+
+
+def _html_provref(sec: DatasetSection, note: str | None = None, **attrs: Any) -> str:
+    a = "".join(f' data-{k}="{_e(v)}"' for k, v in attrs.items())
+    text = f"{_e(note)} " if note else ""
+    return (f'<p class="provref"{a}>{text}Provenance: see <a href="#{_prov_id(sec.name)}">'
+            f"provenance of {_e(sec.name)}</a>.</p>")
 
 
 def _anchor(name: str) -> str:
@@ -853,14 +984,13 @@ def render_html(report: Report) -> str:
         o.append(f"<h2>Dataset {_e(sec.name)}</h2>")
         o.append("<h3>AUC per initialisation</h3><div class=\"block\">")
         o.append(_html_table("auc-table", ds, SUMMARY_COLS, [_summary_cells(r) for r in sec.inits]))
-        o.append(_html_provenance(rep, sec, sec.inits, "auc-table"))
-        o.append("</div><h3>Per finding</h3><div class=\"block\">")
+        o.append(_html_provenance(rep, sec))
+        o.append("</div><h3>Per finding</h3>")
         o.append(_html_table("finding-table", ds, FINDING_COLS, [_finding_cells(r) for r in sec.per_finding]))
-        o.append(_html_provenance(rep, sec, sec.inits, "finding-table"))
-        o.append("</div>")
+        o.append(_html_provref(sec, table="finding-table"))
         if sec.comparisons:
             o.append("<h3>Comparisons (p-values)</h3>")
-        by_eval = {r.evaluation_id: r for r in sec.inits}
+        shown = {r.evaluation_id for r in sec.inits}
         for c in sec.comparisons:
             sig = []
             for r in c.rows:
@@ -872,21 +1002,9 @@ def render_html(report: Report) -> str:
                 if _is_sig(r.p_adjusted):
                     cells.add(7)
                 sig.append(cells)
-            caption = (f"comparison {c.id}: A = {c.label_a} (evaluation {c.evaluation_a_id}), "
-                       f"B = {c.label_b} (evaluation {c.evaluation_b_id})")
-            o.append('<div class="block">')
             o.append(_html_table("pvalue-table", {**ds, "data-comparison": c.id}, CMP_COLS,
-                                 [_cmp_cells(r) for r in c.rows], sig, caption))
-            rows = [by_eval[i] for i in (c.evaluation_a_id, c.evaluation_b_id) if i in by_eval]
-            extra = [("comparison", f"{c.id}: evaluations {c.evaluation_a_id} vs {c.evaluation_b_id}, "
-                                    f"runs {c.run_a_id or '-'} vs {c.run_b_id or '-'}, {c.n_images} paired images, "
-                                    f"{c.n_resamples} resamples (seed {c.seed}), {c.created_at or '-'}", None)]
-            stale = [i for i in (c.evaluation_a_id, c.evaluation_b_id) if i not in by_eval]
-            if stale:
-                extra.append(("note", f"evaluation(s) {', '.join(map(str, stale))} are not the latest "
-                                      "of their initialisation; the summary table shows newer ones", None))
-            o.append(_html_provenance(rep, sec, rows, "pvalue-table", extra))
-            o.append("</div>")
+                                 [_cmp_cells(r) for r in c.rows], sig, _cmp_caption(c)))
+            o.append(_html_provref(sec, _comparison_note(c, shown), table="pvalue-table", comparison=c.id))
         if sec.figures:
             o.append('<h3>Figures</h3><div class="figures">')
             o += [_html_figure(f) for f in sec.figures]
@@ -897,9 +1015,10 @@ def render_html(report: Report) -> str:
                 "runs-table", ds,
                 ("run", "initialisation", "arch", "init sha256", "split", "seed", "status",
                  "epochs", "best epoch", "best val AUC", "code version", "started"),
-                [[str(r.id), r.init_name, r.arch, r.init_sha256 or "-", r.split, str(r.seed), r.status,
+                [[str(r.id), r.init_name, r.arch_label, _Raw(_sha_html(r)), r.split, str(r.seed), r.status,
                   str(r.epochs_done), "-" if r.best_epoch is None else str(r.best_epoch),
                   _f(r.best_val_macro_auc), r.code_version or "-", r.started_at or "-"] for r in sec.runs],
+                wrap={1: "wrap", 2: "wrap", 3: "hash", 4: "wrap", 10: "hash", 11: "wrap"},
             ))
         o.append("</section>")
     o.append("</body></html>\n")
@@ -928,10 +1047,9 @@ def _md_table(cols: Sequence[str], rows: list[list[str]], sig: list[set[int]] | 
     return "\n".join(lines)
 
 
-def _md_provenance(rep: Report, sec: DatasetSection, rows: Sequence[InitRow],
-                   extra: list[tuple[str, str, str | None]] | None = None) -> str:
-    lines = ["Provenance:", ""]
-    for label, text, full in _provenance_items(rep, sec, rows) + (extra or []):
+def _md_provenance(rep: Report, sec: DatasetSection) -> str:
+    lines = [f"### Provenance of {_md_cell(sec.name)}", ""]
+    for label, text, full in _provenance_items(rep, sec, sec.inits):
         if full:
             text = text.replace(_short(full), full, 1)
         lines.append(f"- **{_md_cell(label)}**: {_md_cell(text)}")
@@ -958,23 +1076,19 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
     if rep.figures:
         o += ["## Overview", ""] + [fig_md(f) + "\n" for f in rep.figures]
     for sec in rep.datasets:
+        ref = f"Provenance: see *Provenance of {_md_cell(sec.name)}* above."
         o += [f"## Dataset {_md_cell(sec.name)}", "", "### AUC per initialisation", "",
               _md_table(SUMMARY_COLS, [_summary_cells(r) for r in sec.inits]), "",
-              _md_provenance(rep, sec, sec.inits), "",
+              _md_provenance(rep, sec), "",
               "### Per finding", "",
-              _md_table(FINDING_COLS, [_finding_cells(r) for r in sec.per_finding]), "",
-              _md_provenance(rep, sec, sec.inits), ""]
-        by_eval = {r.evaluation_id: r for r in sec.inits}
+              _md_table(FINDING_COLS, [_finding_cells(r) for r in sec.per_finding]), "", ref, ""]
+        shown = {r.evaluation_id for r in sec.inits}
         for c in sec.comparisons:
             sig = [{j for j, p in ((5, r.p_value), (6, r.p_delong), (7, r.p_adjusted)) if _is_sig(p)}
                    for r in c.rows]
-            o += [f"### Comparison {c.id}: {_md_cell(c.label_a)} (A, evaluation {c.evaluation_a_id}) vs "
-                  f"{_md_cell(c.label_b)} (B, evaluation {c.evaluation_b_id})", "",
+            o += [f"### {_md_cell(_cmp_caption(c)[0].upper() + _cmp_caption(c)[1:])}", "",
                   _md_table(CMP_COLS, [_cmp_cells(r) for r in c.rows], sig), "",
-                  _md_provenance(rep, sec, [by_eval[i] for i in (c.evaluation_a_id, c.evaluation_b_id)
-                                            if i in by_eval],
-                                 [("comparison", f"{c.n_images} paired images, {c.n_resamples} resamples "
-                                                 f"(seed {c.seed}), {c.created_at or '-'}", None)]), ""]
+                  _md_cell(_comparison_note(c, shown)) + " " + ref, ""]
         if sec.figures:
             o += ["### Figures", ""] + [fig_md(f) + "\n" for f in sec.figures]
     return "\n".join(o).rstrip() + "\n"
