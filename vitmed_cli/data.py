@@ -41,12 +41,7 @@ KNOWN_VIEWS = ("frontal", "lateral")
 ROTATION_STEP_DEGREES = 0.5
 
 
-class UncertainPolicy(str, Enum):
-    """What an uncertain label (-1) becomes: negative, positive, or left out of the loss/AUC."""
-
-    zeros = "zeros"
-    ones = "ones"
-    ignore = "ignore"
+from .choices import UncertainPolicy  # noqa: E402,F401 - re-exported
 
 
 @dataclass

@@ -39,7 +39,7 @@ from .registry.models import (
     SplitAssignment,
 )
 
-DEFAULT_PREDICT_BATCH = 64
+from .choices import DEFAULT_PREDICT_BATCH  # noqa: E402
 CHECKPOINT_ROLES = ("best", "last")
 
 

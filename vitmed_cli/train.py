@@ -57,13 +57,15 @@ from .errors import TrainingError, VitmedError
 from .registry.db import Registry
 from .registry.models import Checkpoint, EpochMetric, Run
 
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 1e-5
-DEFAULT_WEIGHT_DECAY = 0.01
-DEFAULT_MAX_ROTATION = 10.0
-DEFAULT_NUM_WORKERS = 1
-SCHEDULERS = ("constant", "cosine")
+from .choices import (  # noqa: E402 - the defaults live with the CLI's choices
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_MAX_ROTATION,
+    DEFAULT_NUM_WORKERS,
+    DEFAULT_WEIGHT_DECAY,
+    SCHEDULERS,
+)
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_FILE = "resume.pt"
 log = logging.getLogger("vitmed")

@@ -7,13 +7,13 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Annotated, Any, Iterable, Sequence
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..choices import Part  # noqa: F401 - shared by the commands
 from ..registry.db import Registry, open_registry
 
 def _console(stderr: bool = False) -> Console:
@@ -26,14 +26,6 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
-
-class Part(str, Enum):
-    """A part of a split."""
-
-    train = "train"
-    val = "val"
-    test = "test"
-
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of a table.")

@@ -11,7 +11,6 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import compare as compare_lib
 from ..errors import InputError
 from ..registry.models import MACRO
 from ._common import Part, JsonOpt, console, err_console, fmt, print_json, state, want_json
@@ -74,6 +73,8 @@ def _open_csv(target: str):
 
 
 def _write_csv(result: dict, out) -> None:
+    from .. import compare as compare_lib
+
     rows = compare_lib.comparison_rows(result)
     if out is not sys.stdout:
         out.seek(0)
@@ -159,5 +160,7 @@ def _run(registry, **kwargs) -> dict:
             if label not in tasks:
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)
+
+        from .. import compare as compare_lib
 
         return compare_lib.compare(registry, progress=progress, **kwargs)

@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import catalog
-from ..data import UncertainPolicy
-from .. import compare as compare_lib
+from ..choices import UncertainPolicy
 from ._common import Part, JsonOpt, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
@@ -72,6 +71,8 @@ def import_(
 
     Example: vitmed evals import external.csv --dataset vindr --split default --name chexnet
     """
+    from .. import compare as compare_lib
+
     out = compare_lib.import_evaluation(
         state(ctx).registry(), file, dataset=dataset, name=name, split=split, part=part.value,
         key_col=key_col, uncertain=uncertain.value,

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .. import train
-from ..data import UncertainPolicy
+from .. import choices
+from ..choices import UncertainPolicy
 from ..errors import ConfigError
 from ..models import parse_model_kwargs
 from ._common import JsonOpt, console, err_console, print_json, print_table, state, want_json
@@ -44,17 +44,17 @@ def finetune(
     image_size: Annotated[Optional[int], typer.Option(
         help="Training image size in pixels. Default: the image cache's size (224 as ingested).")] = None,
     epochs: Annotated[Optional[int], typer.Option(
-        help=f"Epochs to train. Default: {train.DEFAULT_EPOCHS}; with --resume, the run's planned epochs.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch (per GPU under torchrun).")] = train.DEFAULT_BATCH_SIZE,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (the study: 1e-5).")] = train.DEFAULT_LR,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = train.DEFAULT_WEIGHT_DECAY,
+        help=f"Epochs to train. Default: {choices.DEFAULT_EPOCHS}; with --resume, the run's planned epochs.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch (per GPU under torchrun).")] = choices.DEFAULT_BATCH_SIZE,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (the study: 1e-5).")] = choices.DEFAULT_LR,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = choices.DEFAULT_WEIGHT_DECAY,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, data order and augmentation.")] = 0,
     device: Annotated[Device, typer.Option(help="Where to train: a GPU when there is one (auto), or cpu/cuda.")] = Device.auto,
     uncertain: Annotated[UncertainPolicy, typer.Option(
         help="Uncertain labels (-1) become negatives (zeros), positives (ones) or are left out (ignore).")] = UncertainPolicy.zeros,
     early_stop: Annotated[Optional[int], typer.Option(
         help="Stop after this many epochs without a better validation macro AUC. Default: off.")] = None,
-    num_workers: Annotated[int, typer.Option(help="Loader threads (0 = load in the main thread).")] = train.DEFAULT_NUM_WORKERS,
+    num_workers: Annotated[int, typer.Option(help="Loader threads (0 = load in the main thread).")] = choices.DEFAULT_NUM_WORKERS,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
     model_kwargs: Annotated[Optional[str], typer.Option(
         help='Extra timm model options as JSON, e.g. \'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\'.')] = None,
@@ -84,15 +84,19 @@ def finetune(
     registry = state(ctx).registry()
     progress = not quiet and main_rank
     if resume is not None:
+        from .. import train
+
         result = train.resume(registry, resume, epochs=epochs,
                               device=None if device is Device.auto else device.value,
                               progress=progress)
     else:
         if not dataset:
             raise ConfigError("--dataset is required (or --resume RUN_ID) - see vitmed datasets list")
+        from .. import train
+
         result = train.finetune(
             registry, dataset=dataset, init=init, split=split, arch=arch, image_size=image_size,
-            epochs=epochs if epochs is not None else train.DEFAULT_EPOCHS, batch_size=batch_size,
+            epochs=epochs if epochs is not None else choices.DEFAULT_EPOCHS, batch_size=batch_size,
             lr=lr, weight_decay=weight_decay, seed=seed, device=device.value,
             uncertain=uncertain.value, early_stop=early_stop, num_workers=num_workers,
             compile=compile_model, progress=progress, model_kwargs=parse_model_kwargs(model_kwargs),

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import predict as predict_lib
+from ..choices import DEFAULT_PREDICT_BATCH
 from ._common import Part, JsonOpt, console, print_json, print_table, state, want_json
 from .finetune import Device
 
@@ -26,7 +26,7 @@ def predict(
         help="Split of that dataset. Default: the run's split (own dataset) or the newest split.")] = None,
     part: Annotated[Part, typer.Option(help="Split part to score.")] = Part.test,
     checkpoint: Annotated[Role, typer.Option(help="The run's best (by validation macro AUC) or last epoch.")] = Role.best,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = predict_lib.DEFAULT_PREDICT_BATCH,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = DEFAULT_PREDICT_BATCH,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
     name: Annotated[Optional[str], typer.Option(help="Name of the stored evaluation.")] = None,
     json_out: JsonOpt = False,
@@ -36,6 +36,8 @@ def predict(
 
     Example: vitmed predict --run 3 --part test --json
     """
+    from .. import predict as predict_lib
+
     result = predict_lib.predict(
         state(ctx).registry(), run_id=run, dataset=dataset, split=split, part=part.value,
         checkpoint=checkpoint.value, batch_size=batch_size, device=device.value, name=name,
