@@ -969,7 +969,7 @@ def render_html(report: Report) -> str:
         "of the findings' AUCs pooled. Sensitivity, specificity and accuracy are at the threshold "
         "chosen on the validation part (averaged over findings in the summary); \"-\" where none "
         f"was stored. In p-value tables, bold cells have p &lt; {ALPHA}; the FDR adjustment is "
-        "Benjamini–Hochberg over the findings of one comparison.</p>",
+        "Benjamini–Hochberg over all pairs × findings compared together in one vitmed compare call (the macro rows over the pairs).</p>",
         '<nav><ul class="toc">',
     ]
     o += [f'<li><a href="#{_anchor(s.name)}">{_e(s.name)}</a></li>' for s in rep.datasets]
