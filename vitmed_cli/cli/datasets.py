@@ -40,7 +40,8 @@ def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
     findings = info.pop("findings")
     print_record({k: v for k, v in info.items() if k != "splits"}, title=f"dataset {name}")
     for sp in info["splits"]:
-        console.print(f"split [bold]{sp['name']}[/bold] ({sp['method']}, seed {sp['seed']}): {sp['parts']}")
+        parts = ", ".join(f"{part} {n}" for part, n in sorted(sp["parts"].items()))
+        console.print(f"split [bold]{sp['name']}[/bold] ({sp['method']}, seed {sp['seed']}): {parts} images")
     print_table(
         [{"finding": k, **v} for k, v in findings.items()],
         ["finding", "native", "positive", "negative", "uncertain"],
