@@ -58,7 +58,7 @@ def finetune(
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
     model_kwargs: Annotated[Optional[str], typer.Option(
         help='Extra timm model options as JSON, e.g. \'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\'.')] = None,
-    scheduler: Annotated[Scheduler, typer.Option(help="Learning-rate schedule (the study: constant).")] = Scheduler.constant,
+    scheduler: Annotated[Scheduler, typer.Option(help="Learning-rate schedule: constant (the study) or cosine (10% linear warm-up, then cosine decay).")] = Scheduler.constant,
     findings: Annotated[Optional[str], typer.Option(
         "--findings", metavar="A,B,C",
         help="Comma-separated findings (canonical names) to learn. Default: all but the dataset's "
