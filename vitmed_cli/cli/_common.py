@@ -27,6 +27,8 @@ def _console(stderr: bool = False) -> Console:
 console = _console()
 err_console = _console(stderr=True)
 
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of a table.")
 ]
@@ -125,3 +127,15 @@ def print_record(record: dict[str, Any], *, title: str | None = None) -> None:
             value = json.dumps(_clean(value))
         table.add_row(key, fmt(value))
     console.print(table)
+
+
+def confirm_delete(ctx: typer.Context, yes: bool, question: str, delete, json_out: bool,
+                   done: str) -> None:
+    """Ask (unless --yes), run ``delete()``, print its result as JSON or the ``done`` line."""
+    if not yes:
+        typer.confirm(question, abort=True)
+    out = delete()
+    if want_json(ctx, json_out):
+        print_json(out)
+    else:
+        console.print(done.format(**out))

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import catalog
-from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
+from ._common import JsonOpt, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Ingested datasets: list, show, export, delete.", no_args_is_help=True)
 
@@ -68,17 +68,13 @@ def export(
 def delete(
     ctx: typer.Context,
     name: str,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Delete a dataset with its images, labels and splits (refused while runs use it).
 
     Example: vitmed datasets delete old-copy --yes
     """
-    if not yes:
-        typer.confirm(f"delete dataset {name!r} and all its images, labels and splits?", abort=True)
-    out = catalog.delete_dataset(state(ctx).registry(), name)
-    if want_json(ctx, json_out):
-        print_json(out)
-    else:
-        console.print(f"deleted dataset {name} ({out['deleted_images']} images)")
+    confirm_delete(ctx, yes, f"delete dataset {name!r} and all its images, labels and splits?",
+                   lambda: catalog.delete_dataset(state(ctx).registry(), name),
+                   json_out, "deleted dataset {name} ({deleted_images} images)")

@@ -9,7 +9,7 @@ import typer
 
 from .. import catalog
 from ..choices import UncertainPolicy
-from ._common import Part, JsonOpt, console, print_json, print_record, print_table, state, want_json
+from ._common import JsonOpt, Part, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
                   no_args_is_help=True)
@@ -89,17 +89,13 @@ def import_(
 def delete(
     ctx: typer.Context,
     evaluation_id: int,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Delete an evaluation with its predictions and the comparisons that use it.
 
     Example: vitmed evals delete 2 --yes
     """
-    if not yes:
-        typer.confirm(f"delete evaluation {evaluation_id} and its predictions?", abort=True)
-    out = catalog.delete_evaluation(state(ctx).registry(), evaluation_id)
-    if want_json(ctx, json_out):
-        print_json(out)
-    else:
-        console.print(f"deleted evaluation {evaluation_id}")
+    confirm_delete(ctx, yes, f"delete evaluation {evaluation_id} and its predictions?",
+                   lambda: catalog.delete_evaluation(state(ctx).registry(), evaluation_id),
+                   json_out, "deleted evaluation {id}")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import catalog
-from ._common import JsonOpt, console, print_json, print_record, print_table, state, want_json
+from ._common import JsonOpt, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Fine-tuning runs: list, show, delete.", no_args_is_help=True)
 
@@ -57,17 +57,13 @@ def show(ctx: typer.Context, run_id: int, json_out: JsonOpt = False) -> None:
 def delete(
     ctx: typer.Context,
     run_id: int,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Delete a run with its metrics, checkpoints and evaluations.
 
     Example: vitmed runs delete 3 --yes
     """
-    if not yes:
-        typer.confirm(f"delete run {run_id} with its metrics, checkpoints and evaluations?", abort=True)
-    out = catalog.delete_run(state(ctx).registry(), run_id)
-    if want_json(ctx, json_out):
-        print_json(out)
-    else:
-        console.print(f"deleted run {run_id}")
+    confirm_delete(ctx, yes, f"delete run {run_id} with its metrics, checkpoints and evaluations?",
+                   lambda: catalog.delete_run(state(ctx).registry(), run_id),
+                   json_out, "deleted run {id}")
