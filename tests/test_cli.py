@@ -154,3 +154,24 @@ def test_every_command_has_help_with_an_example_and_is_in_readme():
         assert cmd.help and "Example: vitmed" in cmd.help, f"{' '.join(path)} needs a docstring example"
         assert f"vitmed {' '.join(path)}" in readme or f"`{path[0]}`" in readme, \
             f"README.md does not mention vitmed {' '.join(path)}"
+
+
+def test_delete_commands_refuse_or_cascade(tmp_path):
+    from test_registry import _populate
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    reg = regdb.open_registry(url)
+    ids = _populate(reg)
+    reg.dispose()
+    _one_line_error(invoke("--db", url, "datasets", "delete", "toy", "--yes"),
+                    "dataset 'toy' is used by 1 run(s)")
+    # without --yes the question is asked, and "no" keeps the run
+    assert invoke("--db", url, "runs", "delete", str(ids["run"]), input="n\n").exit_code == 1
+    assert len(json.loads(invoke("--db", url, "runs", "list", "--json").stdout)) == 1
+    out = json.loads(invoke("--db", url, "runs", "delete", str(ids["run"]), "--yes", "--json").stdout)
+    assert out == {"id": ids["run"], "deleted": True}
+    assert json.loads(invoke("--db", url, "runs", "list", "--json").stdout) == []
+    out = invoke("--db", url, "evals", "delete", str(ids["eval_b"]), "--yes")
+    assert out.exit_code == 0 and f"deleted evaluation {ids['eval_b']}" in out.stdout
+    out = invoke("--db", url, "datasets", "delete", "toy", "--yes")
+    assert out.exit_code == 0 and "deleted dataset toy (2 images)" in out.stdout
