@@ -49,7 +49,3 @@ class StatsError(VitmedError):
 
 class RefusedError(VitmedError):
     """An action was refused because it would lose or corrupt stored work."""
-
-
-class NotAvailableYet(VitmedError):
-    """A command that this version of vitmed does not provide yet."""
