@@ -284,3 +284,46 @@ def test_import_accepts_native_paths_with_a_release_prefix(registry, tmp_path):
         arr = load_evaluation_arrays(s, out["evaluation_id"])
     assert arr.image_keys == [f"img{i:04d}" for i in range(N)]
     np.testing.assert_allclose(arr.scores, p)
+
+
+def test_import_matches_file_paths_and_leaves_out_laterals(registry, tmp_path):
+    y = make_dataset(registry)
+    with registry.session() as s:
+        lat = s.scalars(select(Image).where(Image.key.in_(["img0000", "img0001"]))).all()
+        for img in lat:
+            img.view = "lateral"
+    # MIMIC-style file paths whose stem is the registered key
+    keys = [f"files/p10/p{i}/s1/img{i:04d}.jpg" for i in range(N)]
+    write_csv(tmp_path / "a.csv", y, 2.0, seed=4, keys=keys)
+    out = import_evaluation(registry, tmp_path / "a.csv", dataset="toy", name="paths")
+    assert out["n_images"] == N - 2 and out["n_left_out"] == 2
+    with registry.session() as s:
+        arr = load_evaluation_arrays(s, out["evaluation_id"])
+    assert "img0000" not in arr.image_keys and len(arr.image_keys) == N - 2
+
+
+def test_compare_mixes_a_run_and_an_imported_evaluation(registry, tmp_path):
+    from vitmed_cli.registry.models import Run
+
+    y = make_dataset(registry)
+    write_csv(tmp_path / "a.csv", y, 2.0, seed=5)
+    write_csv(tmp_path / "b.csv", y, 0.5, seed=6)
+    ea = import_evaluation(registry, tmp_path / "a.csv", dataset="toy", name="mine")["evaluation_id"]
+    eb = import_evaluation(registry, tmp_path / "b.csv", dataset="toy", name="theirs")["evaluation_id"]
+    with registry.session() as s:
+        ds = s.scalar(select(Dataset))
+        sp = s.scalar(select(Split))
+        run = Run(dataset_id=ds.id, split_id=sp.id, init_name="random", arch="x", image_size=32,
+                  seed=0, epochs_planned=1, status="completed")
+        s.add(run)
+        s.flush()
+        s.get(Evaluation, ea).run_id = run.id
+        run_id = run.id
+    res = invoke(registry, "compare", "--run", str(run_id), "--eval", str(eb), "--n-resamples", "50",
+                 "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["evaluation_a"], out["evaluation_b"]) == (ea, eb)
+    assert out["macro"]["diff"] > 0  # the stronger model is A
+    both = invoke(registry, "compare", "--dataset", "toy", "--init", "mine", "--eval", str(eb))
+    assert both.exit_code == 1 and "not both" in both.stderr

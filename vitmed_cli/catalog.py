@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.orm import aliased
 
 from .errors import NotFound, RefusedError
 from .registry.db import Registry
@@ -25,6 +26,31 @@ from .registry.models import (
     Split,
     SplitAssignment,
 )
+
+
+KNOWN_VIEWS = ("frontal", "lateral")
+
+
+def used_images(dataset_id: int, *, frontal_only: bool = True, cached: bool = True):
+    """SQL condition on :class:`Image`: the images that training and evaluation use.
+
+    With ``cached``, readable and in the image cache (an imported evaluation may cover
+    images vitmed could not read); with ``frontal_only``, frontal views - and 'unknown' ones
+    only in a dataset that has no view information at all (there an unknown view is not a
+    hidden lateral).  Training, ``predict`` and ``evals import`` select images through this.
+    """
+    cond = and_(Image.cache_index.is_not(None), or_(Image.readable.is_(None), Image.readable.is_(True))) \
+        if cached else Image.id.is_not(None)
+    if not frontal_only:
+        return cond
+    other = aliased(Image)  # not correlated with the outer row
+    any_known = exists().where(other.dataset_id == dataset_id, other.view.in_(KNOWN_VIEWS))
+    return and_(cond, or_(Image.view == "frontal", and_(Image.view == "unknown", ~any_known)))
+
+
+def unlabelled_keys(dataset: Dataset) -> set[str]:
+    """Keys of images whose source carries no label information (left out like laterals)."""
+    return set((dataset.options or {}).get("unlabelled_keys") or ())
 
 
 def get_dataset(session, name: str) -> Dataset:

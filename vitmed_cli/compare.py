@@ -13,14 +13,14 @@ import hashlib
 import itertools
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from sqlalchemy import insert, select
 
 from . import stats
-from .catalog import get_dataset, get_evaluation, get_run, get_split
+from .catalog import get_dataset, get_evaluation, get_run, get_split, unlabelled_keys, used_images
 from .errors import InputError, NotFound, RefusedError, StatsError
 from .registry.db import Registry
 from .registry.models import (
@@ -160,20 +160,16 @@ def _picks_for_init(session, dataset, init: str, part: str, all_seeds: bool) -> 
 def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequence[int],
             runs: Sequence[int], part: str, all_seeds: bool) -> tuple[list[tuple[_Pick, _Pick]], int]:
     """Pairs of evaluations to compare, and the dataset id."""
-    given = [bool(inits), bool(evals), bool(runs)]
-    if sum(given) != 1:
+    if inits and (evals or runs):
         raise InputError(
-            "choose the models one way: --init NAME (with --dataset), --eval ID or --run ID, "
-            "at least twice"
+            "choose the models by --init NAME (with --dataset), or by --run ID / --eval ID "
+            "(these two can be mixed), not both"
         )
-    if len(inits or evals or runs) < 2:
+    if len(inits) + len(evals) + len(runs) < 2:
         raise InputError("compare needs two or more models - repeat --init, --eval or --run")
     picks: list[list[_Pick]] = []
-    if evals:
-        for eid in evals:
-            ev = get_evaluation(session, eid)
-            picks.append([_Pick(ev.id, f"eval {ev.id} ({ev.init_name or ev.name})")])
-    elif runs:
+    if evals or runs:
+        # runs first, then evaluations: --run 3 --eval 7 compares run 3 (A) with evaluation 7 (B)
         for rid in runs:
             run = get_run(session, rid)
             ds_id = get_dataset(session, dataset).id if dataset else run.dataset_id
@@ -183,6 +179,9 @@ def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequen
                     f"run {rid} has no evaluation on the {part} part - run: vitmed predict --run {rid}"
                 )
             picks.append([_Pick(ev.id, f"run {rid} ({run.init_name})", run.seed)])
+        for eid in evals:
+            ev = get_evaluation(session, eid)
+            picks.append([_Pick(ev.id, f"eval {ev.id} ({ev.init_name or ev.name})")])
     else:
         if dataset is None:
             raise InputError("--init needs --dataset NAME (e.g. vitmed compare --dataset vindr --init dinov2 --init imagenet)")
@@ -545,13 +544,24 @@ def import_evaluation(
         if missing:
             # native paths with a release prefix (CheXpert's "CheXpert-v1.0-small/train/...")
             # name the same image as the registered key "train/..."
+            # as do file paths of datasets keyed by an id (MIMIC "files/p10/.../<dicom_id>.jpg",
+            # VinDr "test/<image_id>.dicom"): match the file name, then its stem
+            by_name: dict[str, int | None] = {}
+            for key, iid in list(id_by_key.items()):
+                for alias in {PurePosixPath(key).name, PurePosixPath(key).stem}:
+                    by_name[alias] = None if alias in by_name and by_name[alias] != iid else iid
             for k in missing:
                 parts = k.replace("\\", "/").split("/")
+                hit = None
                 for i in range(1, len(parts)):
                     hit = id_by_key.get("/".join(parts[i:]))
                     if hit is not None:
-                        id_by_key[k] = hit
                         break
+                if hit is None:
+                    as_path = PurePosixPath(k.replace("\\", "/"))
+                    hit = by_name.get(as_path.name) or by_name.get(as_path.stem)
+                if hit is not None:
+                    id_by_key[k] = hit
             missing = [k for k in keys if k not in id_by_key]
         if missing and kcol == "image_id" and all(k.isdigit() for k in keys):
             # an image_id column may hold registry ids rather than keys
@@ -566,6 +576,22 @@ def import_evaluation(
                 "or choose the key column with --key-col"
             )
         image_ids = np.array([id_by_key[k] for k in keys], dtype=np.int64)
+        # the images predict would score: frontal and labelled - not laterals
+        used = set(s.scalars(select(Image.id).where(Image.dataset_id == ds.id,
+                                                    used_images(ds.id, cached=False))))
+        no_labels = unlabelled_keys(ds)
+        keep = np.array([i in used and k not in no_labels for k, i in zip(keys, image_ids.tolist())],
+                        dtype=bool)
+        n_left_out = int((~keep).sum())
+        if n_left_out == len(keys):
+            raise InputError(
+                f"{path.name}: none of its {len(keys)} images is one vitmed evaluates (frontal, "
+                "labelled) - score the frontal images of the dataset"
+            )
+        if n_left_out:
+            keys = [k for k, ok in zip(keys, keep) if ok]
+            image_ids = image_ids[keep]
+            probs = {c: v[keep] for c, v in probs.items()}
         if sp is not None:
             in_part = set(s.scalars(select(SplitAssignment.image_id).where(
                 SplitAssignment.split_id == sp.id, SplitAssignment.part == part)))
@@ -596,7 +622,8 @@ def import_evaluation(
             skipped_findings=[f.canonical for f in ds.findings if f.id not in col_of],
             uncertain_policy=uncertain,
             config={"file": str(path.resolve()), "sha256": sha, "key_column": kcol,
-                    "columns": {c: f.canonical for c, f in mapping.items()}},
+                    "columns": {c: f.canonical for c, f in mapping.items()},
+                    "n_left_out": n_left_out},
         )
         s.add(ev)
         s.flush()
@@ -621,6 +648,7 @@ def import_evaluation(
             "findings": {f.canonical: (float(aucs[j]) if np.isfinite(aucs[j]) else None)
                          for j, f in enumerate(mapping.values())},
             "skipped_findings": ev.skipped_findings,
+            "n_left_out": n_left_out,
         }
 
 

@@ -31,13 +31,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sqlalchemy import exists, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import select
 
+from .catalog import unlabelled_keys, used_images
 from .errors import TrainingError
 from .registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
 
-KNOWN_VIEWS = ("frontal", "lateral")
 ROTATION_STEP_DEGREES = 0.5
 
 
@@ -145,19 +144,14 @@ def load_part(
         .where(
             SplitAssignment.split_id == sp.id,
             SplitAssignment.part == part,
-            Image.cache_index.is_not(None),
-            (Image.readable.is_(None)) | (Image.readable.is_(True)),
+            used_images(ds.id, frontal_only=frontal_only),
         )
         .order_by(Image.id)
     )
-    if frontal_only:
-        other = aliased(Image)  # not correlated with the outer row
-        any_known = exists().where(other.dataset_id == ds.id, other.view.in_(KNOWN_VIEWS))
-        q = q.where((Image.view == "frontal") | ((Image.view == "unknown") & ~any_known))
     rows = session.execute(q).all()
     # Images whose source gives no label information at all (PadChest rows with a blank
     # Labels cell) would otherwise read as "all negative": leave them out.
-    unlabelled = set((ds.options or {}).get("unlabelled_keys") or ())
+    unlabelled = unlabelled_keys(ds)
     if unlabelled:
         rows = [r for r in rows if r[1] not in unlabelled]
     image_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
