@@ -342,7 +342,7 @@ def test_padchest_long_ids_labels_and_projections(any_registry, padchest_dir):
     assert s.unmapped_findings == ["calcified granuloma", "exclude"]
     ds, imgs = _images(registry, "pad")
     # study-level labels stay findings but are named for training to skip; the blank Labels row is listed
-    assert ds.options["non_findings"] == ["exclude", "No Finding"]
+    assert ds.options["non_findings"] == ["exclude"]  # 'normal' -> "No Finding" is a label
     assert ds.options["unlabelled_keys"] == ["216840111366964012373310883942009152114636713_00-102-046.png"]
     assert any("blank Labels" in n for n in s.notes) and any("MONOCHROME1" in n for n in s.notes)
     first = imgs["216840111366964012283393834152009033102258826_00-141-160.png"]

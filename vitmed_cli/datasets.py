@@ -572,8 +572,10 @@ def _padchest_csv(root: Path) -> Path:
 
 # PadChest labels that describe the study, not the patient (Bustos et al. 2020,
 # label hierarchy): kept as findings in the registry, listed in
-# Dataset.options["non_findings"] so that training can leave them out.
-PADCHEST_NON_FINDINGS = frozenset({"normal", "exclude", "suboptimal study", "unchanged"})
+# Dataset.options["non_findings"] so that training can leave them out.  'normal'
+# is not among them: it maps to "No Finding", which CheXpert, MIMIC and VinDr
+# train and score as a label, so PadChest does the same.
+PADCHEST_NON_FINDINGS = frozenset({"exclude", "suboptimal study", "unchanged"})
 
 
 def read_padchest(root: Path) -> RecordSet:

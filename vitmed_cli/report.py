@@ -836,7 +836,7 @@ def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow])
         items.append((r.init_name, "; ".join(bits), r.init_sha256))
     for name, info in sec.splits.items():
         parts = ", ".join(f"{k} {v}" for k, v in sorted(info["parts"].items()))
-        items.append((f"split {name}", f"{info['method']} by {info['by']}, seed {info['seed']}: {parts}", None))
+        items.append((f"split {name}", f"{info['method']} by {info['by']}, seed {info['seed'] if info['seed'] is not None else '-'}: {parts}", None))
     items.append(("report", f"vitmed {rep.vitmed_version}, {rep.generated_at}, bootstrap "
                             f"{rep.n_resamples} resamples (seed {rep.seed})", None))
     return items
@@ -1149,8 +1149,10 @@ def create_report(
     out = out.expanduser()
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder - give a file name such as {out / ('report.' + fmt)}")
-    if not out.parent.is_dir():
-        raise ConfigError(f"the folder of --out {out} does not exist - create {out.parent} first")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder of --out {out}: {exc.strerror}") from exc
     rep = build_report(registry, datasets=datasets, n_resamples=n_resamples, seed=seed, progress=progress)
     files: list[Path] = []
     if fmt == "html":

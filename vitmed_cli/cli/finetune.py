@@ -62,7 +62,7 @@ def finetune(
     findings: Annotated[Optional[str], typer.Option(
         "--findings", metavar="A,B,C",
         help="Comma-separated findings (canonical names) to learn. Default: all but the dataset's "
-        "non-findings (e.g. PadChest 'normal').")] = None,
+        "non-findings (e.g. PadChest 'exclude', 'suboptimal study').")] = None,
     min_positives: Annotated[Optional[int], typer.Option(
         "--min-positives", metavar="N",
         help="Leave out (with a warning) findings with fewer than N positive training images. "
