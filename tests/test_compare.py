@@ -327,3 +327,18 @@ def test_compare_mixes_a_run_and_an_imported_evaluation(registry, tmp_path):
     assert out["macro"]["diff"] > 0  # the stronger model is A
     both = invoke(registry, "compare", "--dataset", "toy", "--init", "mine", "--eval", str(eb))
     assert both.exit_code == 1 and "not both" in both.stderr
+
+
+def test_table_warns_when_resamples_were_degenerate(registry, tmp_path):
+    y = make_dataset(registry, n=14, seed=2)
+    write_csv(tmp_path / "a.csv", y, 2.0, seed=7, n=14)
+    write_csv(tmp_path / "b.csv", y, 0.5, seed=8, n=14)
+    ea = import_evaluation(registry, tmp_path / "a.csv", dataset="toy", name="a")["evaluation_id"]
+    eb = import_evaluation(registry, tmp_path / "b.csv", dataset="toy", name="b")["evaluation_id"]
+    res = invoke(registry, "compare", "--eval", str(ea), "--eval", str(eb), "--n-resamples", "200")
+    assert res.exit_code == 0, res.output
+    out = json.loads(invoke(registry, "compare", "--eval", str(ea), "--eval", str(eb),
+                            "--n-resamples", "200", "--json").stdout)
+    worst = max(f["n_degenerate"] for f in out["findings"] + [out["macro"]])
+    assert worst > 0
+    assert f"warning: up to {worst} of 200 resamples" in " ".join(res.stdout.split())

@@ -45,6 +45,15 @@ def _render(result: dict) -> None:
         if pair["skipped_findings"]:
             skipped = ", ".join(f"{s['finding']} ({s['reason']})" for s in pair["skipped_findings"])
             console.print(f"[yellow]not compared:[/yellow] {skipped}")
+        degenerate = [(r, r.get("n_degenerate") or 0) for r in pair["findings"] + [pair["macro"]]]
+        worst = max((n for _, n in degenerate), default=0)
+        if worst:
+            macro_n = pair["macro"].get("n_degenerate") or 0
+            console.print(
+                f"[yellow]warning:[/yellow] up to {worst} of {result['n_resamples']} resamples had a finding "
+                f"with no positive or no negative image and were left out of it (macro: {macro_n}); "
+                "with this few images the p-values are unreliable - compare on a larger test part"
+            )
         if pair["n_dropped_images"] or pair["n_label_conflicts"]:
             console.print(f"[yellow]--intersect:[/yellow] {pair['n_dropped_images']} images left out, "
                           f"{pair['n_label_conflicts']} disputed labels excluded")
