@@ -175,3 +175,11 @@ def test_delete_commands_refuse_or_cascade(tmp_path):
     assert out.exit_code == 0 and f"deleted evaluation {ids['eval_b']}" in out.stdout
     out = invoke("--db", url, "datasets", "delete", "toy", "--yes")
     assert out.exit_code == 0 and "deleted dataset toy (2 images)" in out.stdout
+
+
+def test_package_exports_the_main_functions():
+    import vitmed_cli
+
+    for name in vitmed_cli.__all__:
+        assert getattr(vitmed_cli, name) is not None, name
+    assert vitmed_cli.roc_auc([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.4]) == 0.875

@@ -264,3 +264,29 @@ def test_value_too_long_is_refused_cleanly_on_postgres(registry_url, make_regist
         with reg.session() as s:
             s.add(Dataset(name="x" * 200, format="csv", source_path="x", image_size=32))
     assert _count(reg, Dataset) == 0
+
+
+@pytest.mark.parametrize("revision", ["0001"])
+def test_registry_from_a_released_schema_upgrades_and_reads(tmp_path, revision):
+    """A registry kept from each released schema opens at head with its rows intact."""
+    import sqlite3
+    from pathlib import Path
+
+    dump = Path(__file__).parent / "data" / f"registry-{revision}.sql"
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript(dump.read_text())
+    con.close()
+    url = f"sqlite:///{path}"
+    engine = regdb.create_registry_engine(url)
+    assert regdb.current_revision(engine) == revision
+    regdb.upgrade(engine)
+    assert regdb.current_revision(engine) == regdb.head_revision()
+    engine.dispose()
+    reg = regdb.open_registry(url)
+    try:
+        runs = catalog.list_runs(reg)
+        assert [(r["dataset"], r["init"]) for r in runs] == [("toy", "dinov2")]
+        assert catalog.dataset_summary(reg, "toy")["n_images"] == 2
+    finally:
+        reg.dispose()

@@ -1,9 +1,56 @@
-"""vitmed: pretrained initialisations for chest radiograph AI, compared properly."""
+"""vitmed: pretrained initialisations for chest radiograph AI, compared properly.
+
+The library behind the ``vitmed`` command.  The main functions are importable from
+here and load their (heavy) modules on first use::
+
+    from vitmed_cli import open_registry, ingest_dataset, make_split, finetune
+    from vitmed_cli.predict import predict
+    from vitmed_cli.compare import compare
+    from vitmed_cli.stats import roc_auc, delong_test, paired_bootstrap, fdr_bh
+
+(``predict`` and ``compare`` are also module names, so they are imported from their
+modules.)
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 from .errors import VitmedError  # noqa: E402
 
-__all__ = ["VitmedError", "__version__"]
+_PUBLIC = {
+    "open_registry": "registry.db",
+    "Registry": "registry.db",
+    "ingest_dataset": "datasets",
+    "export_labels": "datasets",
+    "write_synthetic": "synthetic",
+    "make_split": "splits",
+    "official_split": "splits",
+    "pretrain_load": "weights",
+    "resolve_init": "weights",
+    "create_model": "models",
+    "finetune": "train",
+    "resume": "train",
+    "import_evaluation": "compare",
+    "load_evaluation_arrays": "compare",
+    "create_report": "report",
+    "run_demo": "demo",
+    "roc_auc": "stats",
+    "delong_test": "stats",
+    "paired_bootstrap": "stats",
+    "bootstrap_auc": "stats",
+    "fdr_bh": "stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vitmed_cli' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+__all__ = ["VitmedError", "__version__", *_PUBLIC]
