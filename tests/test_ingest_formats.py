@@ -523,3 +523,19 @@ def test_bad_label_cells_name_file_line_column_and_value(chexpert_parent, mimic_
     v.to_csv(vindr_csv, index=False)
     with pytest.raises(InputError, match=r"image_labels_train.csv: line 6, column 'Pneumothorax' has 'yes'"):
         read_dataset("vindr", vindr_dir)
+
+
+def test_unrecognised_view_codes_are_named_in_the_notes(registry, tmp_path):
+    from PIL import Image as PILImage
+
+    from vitmed_cli.datasets import ingest_dataset
+
+    rows = ["path,patient_id,view,Cardiomegaly"]
+    for i, view in enumerate(["PA", "LATERAL", "LAO", "SWIMMERS"]):
+        PILImage.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,p{i},{view},{i % 2}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    summary = ingest_dataset(registry, "csv", tmp_path / "labels.csv", name="views", image_size=16,
+                             workers=1, progress=False)
+    note = next(n for n in summary.notes if "neither frontal nor lateral" in n)
+    assert note.startswith("2 image(s)") and "LAO" in note and "SWIMMERS" in note

@@ -20,9 +20,10 @@ Formats (``FORMATS``):
 * ``padchest``: ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv[.gz]``,
   16-bit PNGs in ``<ImageDir>/``; only positive labels are listed, so an
   absent finding has no label row (negative at training time).  Every native
-  label (about 190) becomes a finding; the study-level ones ('normal',
-  'exclude', 'suboptimal study', 'unchanged') are listed by canonical name in
-  ``Dataset.options["non_findings"]`` for training to skip.  A row whose
+  label (about 190) becomes a finding; the study-level ones ('exclude',
+  'suboptimal study', 'unchanged') are listed by canonical name in
+  ``Dataset.options["non_findings"]`` for training to skip ('normal' becomes
+  "No Finding", a label as in CheXpert and MIMIC).  A row whose
   ``Labels`` cell is blank (not ``[]``) carries no label information: the
   image is registered without label rows and its key is listed in
   ``Dataset.options["unlabelled_keys"]`` (leave it out of training and
@@ -875,6 +876,9 @@ def _register(
                     "with that policy, or use a new --name"
                 )
             _check_same_labels(s, ds, records)
+            # same labels: options derived from the source (non-findings, unlabelled rows)
+            # follow the reader of this vitmed version
+            ds.options = {**(ds.options or {}), **options}
         else:
             ds = Dataset(
                 name=name,
@@ -1115,6 +1119,13 @@ def ingest_dataset(
     )
     stats = build_cache(registry, dataset_id, workers=workers, progress=progress, invert_keys=records.invert_keys)
     notes = list(records.notes)
+    imgs = records.images
+    if "view" in imgs and "view_native" in imgs:
+        odd = imgs.loc[(imgs["view"] == "unknown") & imgs["view_native"].notna(), "view_native"]
+        if len(odd) and (imgs["view"] != "unknown").any():
+            codes = ", ".join(sorted({str(c) for c in odd})[:5])
+            notes.append(f"{len(odd)} image(s) with view codes that are neither frontal nor lateral "
+                         f"({codes}) are registered as 'unknown' and left out of training and evaluation")
     if stats["inverted"] and not records.invert_keys:
         notes.append(f"{len(stats['inverted'])} MONOCHROME1 image(s) inverted so that 0 is black")
     with registry.session() as s:

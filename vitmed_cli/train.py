@@ -415,7 +415,7 @@ def _select_findings(ds, sp, available: list[str], train_y_all: np.ndarray,
 
     ``cfg.findings`` names them (unknown names are an error listing the valid ones);
     otherwise every finding except the dataset's ``options["non_findings"]`` (e.g.
-    PadChest's 'normal').  Findings without training positives stop the run, unless
+    PadChest's 'exclude').  Findings without training positives stop the run, unless
     ``cfg.min_positives`` is set: then those with fewer are left out.
     """
     left_out: dict[str, Any] = {}
@@ -862,6 +862,10 @@ def resume(
         with registry.session() as s:
             run = catalog.get_run(s, run_id)
             stored = dict((run.config or {}).get("train") or {})
+            if stored and run.findings:
+                # resume learns exactly the findings the run started with, whatever the
+                # dataset's options say now
+                stored["findings"] = list(run.findings)
             status, done, planned, resume_path = run.status, run.epochs_done, run.epochs_planned, run.resume_path
         if not stored:
             raise TrainingError(f"run {run_id} was not made by vitmed finetune - it cannot be resumed")

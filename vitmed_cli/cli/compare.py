@@ -99,7 +99,7 @@ def compare(
     init: Annotated[Optional[list[str]], typer.Option(
         "--init", help="An initialisation (dinov2, imagenet, run:ID, or an imported --name); "
         "its latest evaluation on --part. Repeat: 2 or more.")] = None,
-    eval_ids: Annotated[Optional[list[int]], typer.Option("--eval", help="An evaluation id. Repeat.")] = None,
+    eval_ids: Annotated[Optional[list[int]], typer.Option("--eval", help="An evaluation id. Repeat; may be mixed with --run (runs are listed first, as A).")] = None,
     run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="A run id (its latest evaluation on --part). Repeat.")] = None,
     part: Annotated[Part, typer.Option(help="Split part the evaluations were made on.")] = Part.test,
     n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples.")] = 1000,

@@ -46,7 +46,7 @@ def split(
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same split.")] = 0,
     split_name: Annotated[
         Optional[str],
-        typer.Option("--name", help="Name of the new split (default patient-s{seed}, or official).",
+        typer.Option("--name", help="Name of the new split (default patient-s{seed}, image-s{seed} for a dataset without patient ids, or official).",
                      show_default=False),
     ] = None,
     official: Annotated[
