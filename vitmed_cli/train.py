@@ -182,6 +182,19 @@ def _dist_setup(device: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, owns_group=owns)
 
 
+def _dist_finish(info: DistInfo) -> None:
+    """After a run that ended normally on every rank: wait until all ranks got here.
+
+    Rank 0 writes checkpoints and registry rows after the last collective; without
+    this barrier the other ranks would tear their process group down while rank 0
+    still holds its connections, which can abort the gloo backend.
+    """
+    if info.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def _dist_teardown(info: DistInfo) -> None:
     if info.owns_group:
         import torch.distributed as dist
@@ -814,6 +827,7 @@ def finetune(
         result = _execute(registry, run_id, cfg, prep, info, resume_state=None,
                           progress=progress, on_step=on_step)
         result.left_out_findings = prep.left_out
+        _dist_finish(info)
         return result
     finally:
         _dist_teardown(info)
@@ -910,8 +924,10 @@ def resume(
                 run.status, run.error, run.ended_at = "running", None, None
                 run.epochs_planned = target
                 _reconcile_epochs(s, run, state, resume_path)
-        return _execute(registry, run_id, cfg, prep, info, resume_state=state, progress=progress,
-                        on_step=on_step)
+        result = _execute(registry, run_id, cfg, prep, info, resume_state=state, progress=progress,
+                          on_step=on_step)
+        _dist_finish(info)
+        return result
     finally:
         _dist_teardown(info)
 
