@@ -183,3 +183,14 @@ def test_package_exports_the_main_functions():
     for name in vitmed_cli.__all__:
         assert getattr(vitmed_cli, name) is not None, name
     assert vitmed_cli.roc_auc([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.4]) == 0.875
+
+
+def test_bare_registry_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # a typo that is neither a URL nor a .db file does not start a new registry
+    _one_line_error(invoke("--db", "registy", "runs", "list"),
+                    "registry 'registy' is neither a URL nor an existing file")
+    assert not (tmp_path / "registy").exists()
+    # a path ending in .db is a SQLite file, created on first use
+    assert json.loads(invoke("--db", "lab.db", "runs", "list", "--json").stdout) == []
+    assert (tmp_path / "lab.db").is_file()

@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 DEFAULT_HOME = "~/.vitmed"
 REGISTRY_FILE = "registry.db"
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 def workspace_home(home: str | os.PathLike | None = None) -> Path:
@@ -68,7 +69,14 @@ def registry_url(db: str | None = None, home: str | os.PathLike | None = None) -
     url = db or os.environ.get("VITMED_DB_URL")
     if url:
         if "://" not in url:
-            # A bare path is taken as a SQLite file, the common case on a laptop.
-            return f"sqlite:///{Path(url).expanduser().resolve()}"
+            # A bare path is taken as a SQLite file, the common case on a laptop - but only
+            # one that exists or looks like one, so that a typo does not start a new registry.
+            path = Path(url).expanduser()
+            if not (path.is_file() or path.suffix.lower() in SQLITE_SUFFIXES):
+                raise ConfigError(
+                    f"registry {url!r} is neither a URL nor an existing file - use "
+                    "sqlite:///PATH, a path ending in .db, or postgresql+psycopg://USER@HOST/DB"
+                )
+            return f"sqlite:///{path.resolve()}"
         return url
     return f"sqlite:///{workspace_home(home) / REGISTRY_FILE}"
