@@ -17,3 +17,17 @@ def test_official_split_without_a_test_part_is_refused(registry):
         official_split(registry, "toy")
     with registry.session() as s:
         assert s.scalar(select(func.count()).select_from(Split)) == 0
+
+
+def test_split_summary_counts_the_images_training_uses(registry, tmp_path):
+    from test_data import build_dataset
+
+    from vitmed_cli.data import load_part
+    from vitmed_cli.splits import make_split
+
+    build_dataset(registry, tmp_path, n=90, n_lateral=8, n_unreadable=5)
+    info = make_split(registry, "toy", seed=1, name="s1")
+    with registry.session() as s:
+        for part in ("train", "val", "test"):
+            assert info["parts"][part]["n_used"] == len(load_part(s, "toy", "s1", part))
+    assert sum(p["n_used"] for p in info["parts"].values()) < info["n_images"]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, insert, select
 
-from .catalog import get_dataset, get_split
+from .catalog import get_dataset, get_split, used_images
 from .errors import AlreadyExists, ConfigError, InputError, RefusedError
 from .registry.db import Registry
 from .registry.models import (
@@ -273,10 +273,19 @@ def split_summary(session, sp: Split) -> dict[str, Any]:
             "positives": {f: 0 for f in findings}}
         for p in PARTS
     }
+    # what training and evaluation will use of each part (frontal, readable: catalog.used_images)
+    used = dict(session.execute(
+        select(SplitAssignment.part, func.count())
+        .join(Image, Image.id == SplitAssignment.image_id)
+        .where(SplitAssignment.split_id == sp.id, used_images(ds.id))
+        .group_by(SplitAssignment.part)
+    ).all())
     for part, n_img, n_pat in counts:
         parts[part]["n_images"] = n_img
         if ds.has_patient_ids:
             parts[part]["n_patients"] = n_pat
+    for part in parts:
+        parts[part]["n_used"] = int(used.get(part, 0))
     for part, finding, n in pos:
         parts[part]["positives"][finding] = n
     n_total = session.scalar(select(func.count()).where(Image.dataset_id == ds.id))

@@ -29,6 +29,7 @@ def _render(info: dict[str, Any]) -> None:
     table.add_row("images", *[str(info["parts"][p]["n_images"]) for p in parts])
     table.add_row("patients", *["-" if info["parts"][p]["n_patients"] is None
                                 else str(info["parts"][p]["n_patients"]) for p in parts])
+    table.add_row("used (frontal, readable)", *[str(info["parts"][p].get("n_used", "-")) for p in parts])
     for f in info["findings"]:
         table.add_row(f"{f} (positives)", *[str(info["parts"][p]["positives"][f]) for p in parts])
     console.print(table)
