@@ -51,6 +51,18 @@ def _drop_pg_schema(base_url: str, schema: str) -> None:
     engine.dispose()
 
 
+def _migrated_pg_url():
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it; .ci/run starts a server)")
+    url, schema = _fresh_pg_schema_url(base)
+    engine = create_registry_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    _drop_pg_schema(base, schema)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry_url(request, tmp_path) -> str:
     """A registry URL on each backend, migrated to head."""
@@ -61,15 +73,13 @@ def registry_url(request, tmp_path) -> str:
         engine.dispose()
         yield url
         return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (CI sets it; .ci/run starts a server)")
-    url, schema = _fresh_pg_schema_url(base)
-    engine = create_registry_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    _drop_pg_schema(base, schema)
+    yield from _migrated_pg_url()
+
+
+@pytest.fixture
+def pg_registry_url() -> str:
+    """A migrated PostgreSQL registry URL, for behaviour only PostgreSQL has."""
+    yield from _migrated_pg_url()
 
 
 @pytest.fixture

@@ -256,10 +256,9 @@ def test_two_processes_write_one_sqlite_registry(tmp_path):
     reg.dispose()
 
 
-def test_value_too_long_is_refused_cleanly_on_postgres(registry_url, make_registry):
-    if not registry_url.startswith("postgresql"):
-        pytest.skip("SQLite does not enforce VARCHAR lengths; the DataError path is PostgreSQL's")
-    reg = make_registry(registry_url)
+def test_value_too_long_is_refused_cleanly_on_postgres(pg_registry_url, make_registry):
+    # SQLite does not enforce VARCHAR lengths; the DataError path is PostgreSQL's
+    reg = make_registry(pg_registry_url)
     with pytest.raises(RefusedError, match="value too long.*nothing was stored"):
         with reg.session() as s:
             s.add(Dataset(name="x" * 200, format="csv", source_path="x", image_size=32))
