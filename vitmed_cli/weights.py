@@ -123,6 +123,22 @@ def sha256_file(path: str | os.PathLike, chunk: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256_cached(path: Path) -> str:
+    """sha256 of ``path``, hashed once per process while its size and mtime stay the same.
+
+    Starting a run checks the init file before the run row is written and again when the
+    model is built; a ViT-B file is 350 MB, so the second check reuses the first hash.
+    """
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -706,7 +722,7 @@ def verify_sha256(spec: InitSpec) -> None:
             f"the weights of {spec.name} ({p}) no longer exist - restore the file or register it "
             "again with vitmed pretrain-load"
         )
-    if spec.sha256 and sha256_file(p) != spec.sha256:
+    if spec.sha256 and _sha256_cached(p) != spec.sha256:
         raise WeightsError(
             f"the weights file {p} changed since it was registered (sha256 differs from "
             f"{spec.sha256[:12]}...) - restore the original file, or register the new one with "
