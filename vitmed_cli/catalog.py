@@ -24,7 +24,6 @@ from .registry.models import (
     Label,
     Run,
     Split,
-    SplitAssignment,
 )
 
 
@@ -152,27 +151,17 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
         }
         for canonical, value, count in label_counts:
             findings[canonical][names[value]] = count
+        from .splits import split_summary  # splits builds on this module
+
         splits = []
         for sp in ds.splits:
-            parts = dict(
-                s.execute(
-                    select(SplitAssignment.part, func.count())
-                    .where(SplitAssignment.split_id == sp.id)
-                    .group_by(SplitAssignment.part)
-                ).all()
-            )
-            pos = s.execute(
-                select(Finding.canonical, SplitAssignment.part, func.count())
-                .join(Label, Label.finding_id == Finding.id)
-                .join(
-                    SplitAssignment,
-                    (SplitAssignment.image_id == Label.image_id) & (SplitAssignment.split_id == sp.id),
-                )
-                .where(Finding.dataset_id == ds.id, Label.value == 1)
-                .group_by(Finding.canonical, SplitAssignment.part)
-            ).all()
-            for canonical, part, count in pos:
-                findings[canonical].setdefault("positive_by_part", {}).setdefault(sp.name, {})[part] = count
+            info = split_summary(s, sp)
+            parts = {p: v["n_images"] for p, v in info["parts"].items() if v["n_images"]}
+            for part, v in info["parts"].items():
+                for canonical, count in v["positives"].items():
+                    if count:
+                        findings[canonical].setdefault("positive_by_part", {}).setdefault(
+                            sp.name, {})[part] = count
             splits.append({"name": sp.name, "method": sp.method, "seed": sp.seed, "parts": parts})
         return {
             "id": ds.id,

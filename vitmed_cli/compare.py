@@ -33,7 +33,6 @@ from .registry.models import (
     Image,
     Label,
     Prediction,
-    Run,
     SplitAssignment,
 )
 

@@ -33,7 +33,9 @@ import numpy as np
 from sqlalchemy import func, select
 
 from . import __version__
+from .catalog import used_images
 from .errors import ConfigError, NotFound
+from .splits import split_summary
 from .registry.db import Registry
 from .registry.models import (
     MACRO,
@@ -44,7 +46,6 @@ from .registry.models import (
     Image,
     Prediction,
     Run,
-    SplitAssignment,
 )
 
 ALPHA = 0.05
@@ -374,18 +375,14 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
     if not evs:
         return None
     n_images = session.scalar(select(func.count()).where(Image.dataset_id == ds.id)) or 0
+    # the images training and evaluation use: the one rule of catalog.used_images
     n_frontal = session.scalar(
-        select(func.count()).where(Image.dataset_id == ds.id, Image.view != "lateral")
+        select(func.count()).where(Image.dataset_id == ds.id, used_images(ds.id))
     ) or 0
     splits: dict[str, dict[str, Any]] = {}
     for sp in ds.splits:
-        parts = dict(
-            session.execute(
-                select(SplitAssignment.part, func.count())
-                .where(SplitAssignment.split_id == sp.id)
-                .group_by(SplitAssignment.part)
-            ).all()
-        )
+        info = split_summary(session, sp)
+        parts = {p: v["n_images"] for p, v in info["parts"].items() if v["n_images"]}
         splits[sp.name] = {"seed": sp.seed, "method": sp.method, "by": sp.by, "parts": parts}
 
     inits: list[InitRow] = []
@@ -815,7 +812,7 @@ def _comparison_note(c: ComparisonTable, shown: set[int]) -> str:
 def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow]) -> list[tuple[str, str, str | None]]:
     """(label, text, full value for a tooltip) lines of provenance for a table."""
     items: list[tuple[str, str, str | None]] = [
-        ("dataset", f"{sec.name}: {sec.n_images} images ({sec.n_images_frontal} frontal or unknown view)", None),
+        ("dataset", f"{sec.name}: {sec.n_images} images ({sec.n_images_frontal} used: frontal, readable)", None),
     ]
     runs = {r.id: r for r in sec.runs}
     for r in rows:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import catalog
-from ._common import JsonOpt, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
+from ._common import JsonOpt, YesOpt, confirm_delete, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Fine-tuning runs: list, show, delete.", no_args_is_help=True)
 
