@@ -18,6 +18,22 @@ from vitmed_cli.registry.models import Base
 PG_ENV = "VITMED_TEST_DATABASE_URL"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: under pytest-xdist one worker starts the long one at once while the
+    others share the rest, instead of the long one starting last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config):
+    """Each xdist worker gets its share of the cores for torch, so parallel workers do not
+    oversubscribe the CPU (on a shared machine spinning OpenMP threads slow everything)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_workspace(tmp_path_factory, monkeypatch):
     """Every test gets its own VITMED_HOME and no inherited registry URL."""

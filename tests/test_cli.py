@@ -157,7 +157,7 @@ def test_every_command_has_help_with_an_example_and_is_in_readme():
 
 
 def test_delete_commands_refuse_or_cascade(tmp_path):
-    from test_registry import _populate
+    from helpers import populate_registry as _populate
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     reg = regdb.open_registry(url)

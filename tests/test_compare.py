@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from vitmed_cli import stats
 from vitmed_cli.cli import app
-from vitmed_cli.compare import compare, import_evaluation, load_evaluation_arrays
+from vitmed_cli.compare import compare
+from vitmed_cli.evaluations import import_evaluation, load_evaluation_arrays
 from vitmed_cli.errors import InputError, RefusedError
 from vitmed_cli.registry.models import (
     MACRO,

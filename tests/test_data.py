@@ -1,13 +1,10 @@
 """The data path: loading a split part, the uncertain policy, the memmap batch loader.
 
-``build_dataset`` (also used by test_train/test_predict/test_ddp) writes a small
-learnable dataset straight into the registry and an ingest-style cache: finding
-k is a bright blob in band k of the image, so a tiny ViT can learn it in seconds.
+The datasets come from :func:`helpers.build_dataset`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,106 +12,13 @@ import torch
 from numpy.lib.format import open_memmap
 from sqlalchemy import event, select
 
-from vitmed_cli.data import (
-    BatchLoader,
-    _RotationMaps,
-    apply_uncertain,
-    load_part,
-    model_input,
-)
-from vitmed_cli.registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
+from vitmed_cli.datasets.loader import BatchLoader, _RotationMaps
+from vitmed_cli.datasets.parts import apply_uncertain, load_part
+from vitmed_cli.inference import model_input
+from vitmed_cli.registry.models import Dataset, Image
 
-FINDINGS = ("Effusion", "Nodule")
-
-
-def build_dataset(
-    registry,
-    folder: Path,
-    *,
-    name: str = "toy",
-    n: int = 240,
-    size: int = 32,
-    findings: tuple[str, ...] = FINDINGS,
-    seed: int = 0,
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-    split: str = "default",
-    n_lateral: int = 6,
-    all_unknown: bool = False,
-    n_unreadable: int = 4,
-    uncertain_rate: float = 0.05,
-    missing_rate: float = 0.05,
-    no_positive: str | None = None,
-) -> dict:
-    """A dataset whose finding k is a bright blob in horizontal band k; returns what was written."""
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    cache_path = folder / f"{name}-{size}.npy"
-    k = len(findings)
-    y = (rng.random((n, k)) < 0.4).astype(np.int64)
-    if no_positive is not None:
-        y[: int(n * fractions[0]), findings.index(no_positive)] = 0
-    imgs = (rng.normal(70, 12, (n, size, size))).clip(0, 255)
-    band = size // k
-    for j in range(k):
-        for i in np.flatnonzero(y[:, j]):
-            cy = j * band + band // 2 + rng.integers(-2, 3)
-            cx = size // 2 + rng.integers(-size // 4, size // 4 + 1)
-            r = max(2, size // 10)
-            yy, xx = np.ogrid[:size, :size]
-            imgs[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 230
-    mm = open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
-    mm[:] = imgs.astype(np.uint8)
-    mm.flush()
-    del mm
-    label = y.copy()
-    status = rng.random((n, k))
-    label[status < uncertain_rate] = -1
-    mentioned = status >= uncertain_rate + missing_rate
-    mentioned |= status < uncertain_rate
-    parts = np.array(["train"] * n, dtype=object)
-    n_tr, n_va = int(n * fractions[0]), int(n * fractions[1])
-    parts[n_tr : n_tr + n_va] = "val"
-    parts[n_tr + n_va :] = "test"
-    views = np.array(["frontal"] * n, dtype=object)
-    views[rng.choice(n, n_lateral, replace=False)] = "lateral"
-    views[::7] = np.where(views[::7] == "lateral", "lateral", "unknown")
-    if all_unknown:  # a dataset without any view information (e.g. a CSV without a view column)
-        views[:] = "unknown"
-    unreadable = set(rng.choice(n, n_unreadable, replace=False).tolist())
-    with registry.session() as s:
-        ds = Dataset(name=name, format="synthetic", source_path=str(folder), image_size=size,
-                     cache_path=str(cache_path), has_patient_ids=True)
-        s.add(ds)
-        s.flush()
-        f_rows = [Finding(dataset_id=ds.id, canonical=f, native=f.lower(), position=i)
-                  for i, f in enumerate(findings)]
-        s.add_all(f_rows)
-        sp = Split(dataset_id=ds.id, name=split, method="random", seed=seed)
-        s.add(sp)
-        s.flush()
-        images = []
-        for i in range(n):
-            bad = i in unreadable
-            images.append(Image(
-                dataset_id=ds.id, key=f"img{i:05d}", patient_id=f"p{i:05d}", view=views[i],
-                source_path=f"{folder}/img{i:05d}.png", cache_index=None if bad else i,
-                readable=not bad, error="cannot decode" if bad else None,
-            ))
-        s.add_all(images)
-        s.flush()
-        s.add_all([Label(image_id=images[i].id, finding_id=f_rows[j].id, value=int(label[i, j]))
-                   for i in range(n) for j in range(k) if mentioned[i, j]])
-        s.add_all([SplitAssignment(split_id=sp.id, image_id=images[i].id, part=str(parts[i]))
-                   for i in range(n)])
-        image_ids = np.array([im.id for im in images])
-    # a dataset with known views trains on frontal images only; without any, on all of them
-    usable = np.array([(all_unknown or views[i] == "frontal") and (i not in unreadable)
-                       for i in range(n)])
-    full = np.where(mentioned, label, np.nan).astype(np.float32)
-    return {"name": name, "split": split, "cache_path": str(cache_path), "y": y, "labels": full,
-            "parts": parts, "usable": usable, "image_ids": image_ids, "findings": list(findings),
-            "size": size}
+from helpers import TOY_FINDINGS as FINDINGS
+from helpers import build_dataset
 
 
 # --------------------------------------------------------------------------- load_part

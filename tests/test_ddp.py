@@ -12,7 +12,7 @@ import pytest
 import torch.distributed as dist
 from sqlalchemy import func, select
 
-from test_data import build_dataset
+from helpers import build_dataset
 from vitmed_cli.registry.models import Checkpoint, EpochMetric, Run
 
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}

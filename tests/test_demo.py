@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -72,9 +74,10 @@ def test_demo_refuses_to_reuse_a_registry(tmp_path):
     assert "already exists - the demo starts from a fresh registry" in result.stderr
 
 
+@pytest.mark.slow
 def test_source_pretraining_beats_random_at_default_settings(tmp_path):
     """The demo's claim, at its default settings (about 1.5 minutes on 2 CPU cores)."""
-    res = run_demo(tmp_path / "demo", DemoSettings(), progress=False)
+    res = run_demo(tmp_path / "demo", DemoSettings())
     pair = res.comparison["pairs"][0]
     by_label = {pair["evaluation_a"]: "a", pair["evaluation_b"]: "b"}
     source_side = by_label[res.evaluation_ids[SOURCE_INIT]]

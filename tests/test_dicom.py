@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 
-from vitmed_cli.dicom import DicomError, decode_dicom, is_dicom, read_dicom, write_dicom
-from vitmed_cli.images import decode_image, fit_square
+from vitmed_cli.datasets.dicom import DicomError, decode_dicom, is_dicom, read_dicom, write_dicom
+from vitmed_cli.datasets.cache import decode_image, fit_square
 
 
 def _window(x: np.ndarray, c: float, w: float) -> np.ndarray:

@@ -12,10 +12,11 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select, update
 from typer.testing import CliRunner
 
-from vitmed_cli import datasets as ds_mod
+from vitmed_cli.datasets import formats as formats_mod
+from vitmed_cli.datasets import ingest as ingest_mod
 from vitmed_cli.cli import app
 from vitmed_cli.datasets import ingest_dataset
-from vitmed_cli.errors import ConfigError, RefusedError
+from vitmed_cli.errors import AlreadyExists, ConfigError, InputError, RefusedError
 from vitmed_cli.registry.models import Dataset, Finding, Image, Label
 
 runner = CliRunner()
@@ -83,19 +84,19 @@ def test_csv_ingest_then_idempotent_rerun(sqlite_url, make_registry, csv_dataset
 
 
 def test_interrupted_cache_resumes_and_new_rows_are_added(registry, csv_dataset):
-    s1 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1, progress=False)
+    s1 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
     with registry.session() as s:
         ids = s.scalars(select(Image.id).order_by(Image.id).limit(2)).all()
         s.execute(update(Image).where(Image.id.in_(ids)).values(readable=None, cache_index=None))
         cache_path = s.scalar(select(Dataset.cache_path))
-    s2 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1, progress=False)
+    s2 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
     assert (s2.n_ingested, s2.n_skipped_existing) == (2, 3)  # the unreadable one is retried too
     df = pd.read_csv(csv_dataset)
     PILImage.fromarray(np.full((30, 30), 200, dtype=np.uint8)).save(csv_dataset.parent / "img" / "new.png")
     df.loc[len(df)] = {"path": "img/new.png", "patient_id": "P9", "view": "AP", "sex": "M", "age": 30,
                        "Cardiomegaly": 1, "Effusion": 0, "comment": "x"}
     df.to_csv(csv_dataset, index=False)
-    s3 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=2, progress=False)
+    s3 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=2)
     assert (s3.n_new_images, s3.n_ingested, s3.n_skipped_existing, s3.n_images) == (1, 1, 5, 7)
     cache = np.load(cache_path, mmap_mode="r")
     assert cache.shape == (7, 32, 32)
@@ -164,22 +165,22 @@ def test_options_that_do_not_apply_are_refused(sqlite_url, csv_dataset, registry
 def test_bad_label_value_and_failed_insert_leave_nothing(registry, csv_dataset, monkeypatch, tmp_path):
     bad = tmp_path / "vals.csv"
     bad.write_text("path,patient_id,Cardiomegaly\na.png,P1,1\nb.png,P2,yes\n")
-    with pytest.raises(ds_mod.InputError, match=r"has no finding columns .*not findings: Cardiomegaly\)"):
-        ingest_dataset(registry, "csv", bad, name="vals", progress=False)
-    with pytest.raises(ds_mod.InputError, match=r"vals.csv: line 3, column 'Cardiomegaly' has 'yes' - finding columns take"):
-        ingest_dataset(registry, "csv", bad, name="vals", progress=False, findings="Cardiomegaly")
+    with pytest.raises(InputError, match=r"has no finding columns .*not findings: Cardiomegaly\)"):
+        ingest_dataset(registry, "csv", bad, name="vals")
+    with pytest.raises(InputError, match=r"vals.csv: line 3, column 'Cardiomegaly' has 'yes' - finding columns take"):
+        ingest_dataset(registry, "csv", bad, name="vals", findings="Cardiomegaly")
     # A failure in the middle of the registration transaction (after images were inserted).
-    real = ds_mod.read_generic_csv
+    real = formats_mod.READERS["csv"]
 
     def poisoned(*args, **kwargs):
-        records = real(*args, **kwargs)
+        records = real.read(*args, **kwargs)
         records.labels[-1, 0] = 5  # violates the labels CHECK constraint on insert
         return records
 
-    monkeypatch.setitem(ds_mod.READERS, "csv", poisoned)
-    monkeypatch.setattr(ds_mod, "INSERT_BATCH", 2)
+    monkeypatch.setitem(formats_mod.READERS, "csv", formats_mod.Reader(poisoned, real.options))
+    monkeypatch.setattr(ingest_mod, "INSERT_BATCH", 2)
     with pytest.raises(RefusedError, match="nothing was stored"):
-        ingest_dataset(registry, "csv", csv_dataset, name="mine", progress=False)
+        ingest_dataset(registry, "csv", csv_dataset, name="mine")
     assert _counts(registry) == (0, 0, 0, 0)
 
 
@@ -227,12 +228,12 @@ def test_reingest_with_changed_label_is_refused_and_changes_nothing(sqlite_url, 
 
 
 def test_reingest_detects_a_blanked_label(registry, csv_dataset):
-    ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1, progress=False)
+    ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
     df = pd.read_csv(csv_dataset, dtype=str, keep_default_na=False)
     df.loc[3, "Effusion"] = ""  # was -1 (uncertain)
     df.to_csv(csv_dataset, index=False)
-    with pytest.raises(ds_mod.AlreadyExists, match=r"1 image x finding labels differ \(e.g. img/003.png: Effusion -1 -> blank\)"):
-        ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1, progress=False)
+    with pytest.raises(AlreadyExists, match=r"1 image x finding labels differ \(e.g. img/003.png: Effusion -1 -> blank\)"):
+        ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
 
 
 def test_one_typo_cell_names_file_line_column_and_value(sqlite_url, make_registry, tmp_path):
@@ -262,7 +263,7 @@ def test_every_image_unreadable_fails_but_stays_registered_for_a_resume(sqlite_u
     assert line.endswith(") - check the files; the dataset is registered so a re-run after fixing them resumes")
     registry = make_registry(sqlite_url)
     assert _counts(registry) == (1, 2, 2, 1)
-    from vitmed_cli.dicom import write_dicom
+    from vitmed_cli.datasets.dicom import write_dicom
 
     for name in ("a.dicom", "b.dicom"):
         write_dicom(folder / "train" / name, np.full((40, 40), 900, dtype=np.uint16))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,12 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 
-from vitmed_cli.datasets import export_labels, ingest_dataset, parse_padchest_labels, read_dataset, view_of
-from vitmed_cli.dicom import write_dicom
+from vitmed_cli.datasets import export_labels, ingest_dataset, read_dataset, view_of
+from vitmed_cli.datasets.formats.padchest import parse_padchest_labels
+from vitmed_cli.datasets.dicom import write_dicom
 from vitmed_cli.errors import AlreadyExists, InputError
-from vitmed_cli.findings import canonical_name, harmonise
-from vitmed_cli.images import load_image
+from vitmed_cli.datasets.findings import canonical_name, harmonise
+from vitmed_cli.datasets.cache import load_image
 from vitmed_cli.registry.models import Dataset, Finding, Image, Label
 
 SIZE = 32
@@ -110,7 +110,7 @@ def vindr_dir(tmp_path) -> Path:
 def test_vindr_layout_policies_and_quirks(any_registry, vindr_dir, policy):
     registry = any_registry
     s = ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1,
-                       label_policy=policy if policy != "majority" else None, progress=False)
+                       label_policy=policy if policy != "majority" else None)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, None)
     assert any("no patient identifier" in n for n in s.notes)
     assert any("MONOCHROME1" in n for n in s.notes)
@@ -170,7 +170,7 @@ def chexpert_parent(tmp_path) -> Path:
 
 def test_chexpert_from_parent_or_dataset_folder(any_registry, chexpert_parent):
     registry = any_registry
-    s = ingest_dataset(registry, "chexpert", chexpert_parent, name="chex", image_size=SIZE, workers=1, progress=False)
+    s = ingest_dataset(registry, "chexpert", chexpert_parent, name="chex", image_size=SIZE, workers=1)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 5, 0, 3)
     ds, imgs = _images(registry, "chex")
     lat = imgs["train/patient00001/study1/view2_lateral.jpg"]
@@ -185,7 +185,7 @@ def test_chexpert_from_parent_or_dataset_folder(any_registry, chexpert_parent):
     assert sum(1 for (k, _f) in labels if k.startswith("valid/")) == 14
     # The same download named by its own folder resolves the same files.
     s2 = ingest_dataset(registry, "chexpert", chexpert_parent / "CheXpert-v1.0-small", name="chex2",
-                        image_size=SIZE, workers=1, progress=False)
+                        image_size=SIZE, workers=1)
     assert (s2.n_images, s2.n_ingested) == (5, 5)
 
 
@@ -231,7 +231,7 @@ def mimic_dir(tmp_path) -> Path:
 
 def test_mimic_gz_csvs_study_labels_views_and_split(any_registry, mimic_dir):
     registry = any_registry
-    s = ingest_dataset(registry, "mimic", mimic_dir, name="mimic", image_size=SIZE, workers=1, progress=False)
+    s = ingest_dataset(registry, "mimic", mimic_dir, name="mimic", image_size=SIZE, workers=1)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (4, 4, 0, 2)
     ds, imgs = _images(registry, "mimic")
     a, b, c, d = (imgs[k] for k in sorted(imgs, key=lambda k: imgs[k].id))
@@ -278,7 +278,7 @@ def nih_dir(tmp_path) -> Path:
 
 def test_cxr14_images_0nn_layout_explicit_labels_and_lists(any_registry, nih_dir):
     registry = any_registry
-    s = ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=2, progress=False)
+    s = ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=2)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 4)
     assert s.findings[:3] == ["Atelectasis", "Cardiomegaly", "Pleural Effusion"] and len(s.findings) == 14
     assert "Pleural Thickening" in s.findings and s.unmapped_findings == []
@@ -336,7 +336,7 @@ def padchest_dir(tmp_path) -> Path:
 
 def test_padchest_long_ids_labels_and_projections(any_registry, padchest_dir):
     registry = any_registry
-    s = ingest_dataset(registry, "padchest", padchest_dir, name="pad", image_size=SIZE, workers=1, progress=False)
+    s = ingest_dataset(registry, "padchest", padchest_dir, name="pad", image_size=SIZE, workers=1)
     assert (s.n_images, s.n_ingested, s.n_unreadable, s.n_patients) == (5, 4, 1, 3)
     assert set(s.findings) == {"Pleural Effusion", "Cardiomegaly", "No Finding", "calcified granuloma", "exclude"}
     assert s.unmapped_findings == ["calcified granuloma", "exclude"]
@@ -390,7 +390,7 @@ def test_padchest_label_parser_and_view_codes():
 
 def test_export_labels_csv(any_registry, nih_dir, tmp_path):
     registry = any_registry
-    ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=1, progress=False)
+    ingest_dataset(registry, "cxr14", nih_dir, name="nih", image_size=SIZE, workers=1)
     out = tmp_path / "nih.csv"
     info = export_labels(registry, "nih", out)
     df = pd.read_csv(out, dtype=str)
@@ -464,24 +464,24 @@ def test_cxr14_coded_ages_become_years(nih_dir):
 
 
 def test_vindr_reingest_with_a_new_finding_column_is_refused(registry, vindr_dir):
-    ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1, progress=False)
+    ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1)
     before = _labels(registry, "vindr")
     csv_path = vindr_dir / "annotations" / "image_labels_test.csv"
     df = pd.read_csv(csv_path, dtype=str)
     df["Lung nodule"] = ["1", "0"]
     df.to_csv(csv_path, index=False)
     with pytest.raises(AlreadyExists) as err:
-        ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1, progress=False)
+        ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1)
     assert str(err.value) == (
         "dataset 'vindr' is registered with different labels: 0 image x finding labels differ and 1 findings "
-        "are new (Lung nodule) - ingest under a new --name, or delete it first with vitmed datasets delete vindr"
+        "are new (Lung nodule) - ingest under a new `name`, or delete it first with vitmed datasets delete vindr"
     )
     df = df.drop(columns="Lung nodule")
     df.loc[1, "Pneumothorax"] = "0"  # eee555 was 1
     df.to_csv(csv_path, index=False)
     with pytest.raises(AlreadyExists, match=r"1 image x finding labels differ \(e.g. eee555: Pneumothorax 1 -> 0\) "
                                          r"and 0 findings are new"):
-        ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1, progress=False)
+        ingest_dataset(registry, "vindr", vindr_dir, name="vindr", image_size=SIZE, workers=1)
     assert _labels(registry, "vindr") == before
 
 
@@ -536,6 +536,6 @@ def test_unrecognised_view_codes_are_named_in_the_notes(registry, tmp_path):
         rows.append(f"{i}.png,p{i},{view},{i % 2}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     summary = ingest_dataset(registry, "csv", tmp_path / "labels.csv", name="views", image_size=16,
-                             workers=1, progress=False)
+                             workers=1)
     note = next(n for n in summary.notes if "neither frontal nor lateral" in n)
     assert note.startswith("2 image(s)") and "LAO" in note and "SWIMMERS" in note

@@ -36,8 +36,9 @@ def dino_file(tmp_path_factory):
 @pytest.mark.parametrize("size,grid", [(42, 3), (126, 9)])
 def test_dinov2_pos_embed_resampled_class_token_untouched(dino_file, size, grid):
     path, saved = dino_file
-    model, info = models.create_model(
-        "vit_small_patch14_dinov2", 6, size, _spec(path, "vit_small_patch14_dinov2", size=70, kwargs=DINO_KW)
+    model, info = weights.create_model_from_init(
+        _spec(path, "vit_small_patch14_dinov2", size=70, kwargs=DINO_KW), 6, size,
+        arch="vit_small_patch14_dinov2",
     )
     assert model.patch_embed.patch_size == (14, 14)
     assert model.pos_embed.shape == (1, 1 + grid * grid, 48)
@@ -58,7 +59,7 @@ def test_imagenet_vit_224_style_upsampled(tmp_path):
     sd = {k: v.contiguous() for k, v in src.state_dict().items()}
     path = tmp_path / "vit.safetensors"
     save_file(sd, str(path))
-    model, info = models.create_model("test_vit", 2, 320, _spec(path, "test_vit", size=160))
+    model, info = weights.create_model_from_init(_spec(path, "test_vit", size=160), 2, 320, arch="test_vit")
     assert info["pos_embed"] == "interpolated 10x10 -> 20x20"
     assert model.pos_embed.shape == (1, 401, 64)
     assert torch.equal(model.cls_token, sd["cls_token"])
@@ -66,8 +67,8 @@ def test_imagenet_vit_224_style_upsampled(tmp_path):
 
 
 def test_random_init_with_tiny_overrides():
-    model, info = models.create_model("vit_base_patch16_224", 3, 32, None,
-                                      depth=2, embed_dim=64, num_heads=2, patch_size=8)
+    model, info = weights.create_model_from_init(None, 3, 32, arch="vit_base_patch16_224",
+                                                 depth=2, embed_dim=64, num_heads=2, patch_size=8)
     assert info["init"] == "random" and info["loaded_keys"] == 0
     assert len(model.blocks) == 2 and model.patch_embed.grid_size == (4, 4)
     with torch.no_grad():
@@ -76,9 +77,9 @@ def test_random_init_with_tiny_overrides():
 
 def test_grayscale_input_adapts_first_conv(dino_file):
     path, saved = dino_file
-    model, info = models.create_model(
-        "vit_small_patch14_dinov2", 2, 70, _spec(path, "vit_small_patch14_dinov2", size=70, kwargs=DINO_KW),
-        in_chans=1,
+    model, info = weights.create_model_from_init(
+        _spec(path, "vit_small_patch14_dinov2", size=70, kwargs=DINO_KW), 2, 70,
+        arch="vit_small_patch14_dinov2", in_chans=1,
     )
     assert info["in_chans_adapted"] == "adapted 3->1"
     w = saved["patch_embed.proj.weight"]
@@ -91,11 +92,11 @@ def test_full_checkpoint_with_head_kept(tmp_path):
     sd = {k: v.contiguous() for k, v in src.state_dict().items()}
     path = tmp_path / "best.safetensors"
     save_file(sd, str(path))
-    model, info = models.create_model("test_resnet", 4, 64, _spec(path, "test_resnet", size=64, drop_head=False))
+    model, info = weights.create_model_from_init(_spec(path, "test_resnet", size=64, drop_head=False), 4, 64)
     assert info["head"] == "loaded"
     assert torch.equal(model.fc.weight, sd["fc.weight"])
     with pytest.raises(WeightsError, match=r"shape mismatches \(2\): fc.bias \(4,\) vs \(3,\), fc.weight \(4, \d+\) vs \(3, \d+\)"):
-        models.create_model("test_resnet", 3, 64, _spec(path, "test_resnet", size=64, drop_head=False))
+        weights.create_model_from_init(_spec(path, "test_resnet", size=64, drop_head=False), 3, 64)
 
 
 def test_unknown_arch_lists_close_names():
@@ -104,7 +105,7 @@ def test_unknown_arch_lists_close_names():
 
 
 def test_bad_model_kwargs_are_a_clear_error():
-    with pytest.raises(WeightsError, match="cannot build test_vit .* - check --arch and --model-kwargs"):
+    with pytest.raises(WeightsError, match="cannot build test_vit .* - check `arch` and `model_kwargs`"):
         models.create_model("test_vit", 2, 64, None, depth="two")
 
 
@@ -113,4 +114,4 @@ def test_missing_registered_file(tmp_path, dino_file):
     spec = _spec(path, "vit_small_patch14_dinov2", size=70, kwargs=DINO_KW)
     gone = weights.InitSpec(**{**spec.__dict__, "path": str(tmp_path / "moved.pth")})
     with pytest.raises(WeightsError, match="no longer exist - restore the file or register it again"):
-        models.create_model(None, 2, 70, gone)
+        weights.create_model_from_init(gone, 2, 70)

@@ -10,10 +10,10 @@ from sklearn.metrics import roc_auc_score
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from test_data import build_dataset
+from helpers import build_dataset
 from vitmed_cli.cli import app
 from vitmed_cli.errors import NotFound
-from vitmed_cli.predict import predict
+from vitmed_cli.evaluations import predict
 from vitmed_cli.registry.db import Registry, create_registry_engine, upgrade
 from vitmed_cli.registry.models import (
     Evaluation,
@@ -24,7 +24,7 @@ from vitmed_cli.registry.models import (
     Run,
     SplitAssignment,
 )
-from vitmed_cli.train import finetune
+from vitmed_cli.training import finetune
 
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
         build_dataset(reg, home / "other", name="other", n=120, seed=5,
                       findings=("Nodule", "Pneumothorax"))
         result = finetune(reg, dataset="toy", arch="vit_tiny_patch16_224", model_kwargs=TINY,
-                          lr=2e-3, epochs=3, seed=0, progress=False)
+                          lr=2e-3, epochs=3, seed=0)
         yield reg, url, result.run_id
         reg.dispose()
 
@@ -143,9 +143,9 @@ def test_cli_predict_errors_are_one_line(trained):
 def test_run_without_checkpoint_is_refused(registry, tmp_path):
     build_dataset(registry, tmp_path, n=40)
     with registry.session() as s:
-        from vitmed_cli import catalog
+        from vitmed_cli.registry import queries
 
-        ds = catalog.get_dataset(s, "toy")
+        ds = queries.get_dataset(s, "toy")
         run = Run(dataset_id=ds.id, split_id=ds.splits[0].id, init_name="random", arch="x",
                   image_size=32, findings=["Effusion"], seed=0, status="interrupted",
                   epochs_planned=1)
@@ -167,10 +167,10 @@ def _add_split(reg, name, part_of):
     from vitmed_cli.registry.models import Split
 
     with reg.session() as s:
-        from vitmed_cli import catalog
+        from vitmed_cli.registry import queries
 
-        ds = catalog.get_dataset(s, "toy")
-        default = catalog.get_split(s, ds, "default")
+        ds = queries.get_dataset(s, "toy")
+        default = queries.get_split(s, ds, "default")
         rows = s.execute(select(SplitAssignment.image_id, SplitAssignment.part)
                          .where(SplitAssignment.split_id == default.id)).all()
         sp = Split(dataset_id=ds.id, name=name, method="random", seed=1)

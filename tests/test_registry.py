@@ -9,6 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select, text
 
+from helpers import populate_registry
+
 from vitmed_cli import catalog
 from vitmed_cli.errors import NotFound, RefusedError, SchemaError
 from vitmed_cli.registry import db as regdb
@@ -16,10 +18,8 @@ from vitmed_cli.registry.models import (
     Base,
     Checkpoint,
     Comparison,
-    ComparisonResult,
     Dataset,
     EpochMetric,
-    Evaluation,
     Finding,
     Image,
     Label,
@@ -30,75 +30,13 @@ from vitmed_cli.registry.models import (
 )
 
 
-def _populate(reg) -> dict[str, int]:
-    """One dataset with two images, a split, a run, an evaluation and a comparison."""
-    with reg.session() as s:
-        ds = Dataset(name="toy", format="csv", source_path="/data/toy", image_size=32)
-        s.add(ds)
-        s.flush()
-        f1 = Finding(dataset_id=ds.id, canonical="Cardiomegaly", native="cardiomegaly", position=0)
-        f2 = Finding(dataset_id=ds.id, canonical="Pleural Effusion", native="Effusion", position=1)
-        imgs = [
-            Image(dataset_id=ds.id, key=f"img{i}", patient_id=f"p{i}", view="frontal",
-                  source_path=f"/data/toy/img{i}.png", readable=True, cache_index=i)
-            for i in range(2)
-        ]
-        s.add_all([f1, f2, *imgs])
-        s.flush()
-        s.add_all([
-            Label(image_id=imgs[0].id, finding_id=f1.id, value=1),
-            Label(image_id=imgs[1].id, finding_id=f1.id, value=0),
-            Label(image_id=imgs[1].id, finding_id=f2.id, value=-1),
-        ])
-        sp = Split(dataset_id=ds.id, name="s0", method="patient", seed=0)
-        s.add(sp)
-        s.flush()
-        s.add_all([
-            SplitAssignment(split_id=sp.id, image_id=imgs[0].id, part="train"),
-            SplitAssignment(split_id=sp.id, image_id=imgs[1].id, part="test"),
-        ])
-        init = Checkpoint(name="dino", init="dinov2", arch="vit_small_patch14_dinov2",
-                          sha256="a" * 64, source="file", path="/w/dino.pth")
-        s.add(init)
-        s.flush()
-        run = Run(dataset_id=ds.id, split_id=sp.id, init_checkpoint_id=init.id, init_name="dinov2",
-                  init_sha256=init.sha256, arch=init.arch, image_size=32, seed=0, epochs_planned=2,
-                  config={"lr": 1e-5}, findings=["Cardiomegaly", "Pleural Effusion"])
-        s.add(run)
-        s.flush()
-        s.add(EpochMetric(run_id=run.id, epoch=1, train_loss=0.5, val_macro_auc=0.7,
-                          val_auc={"Cardiomegaly": 0.7}))
-        best = Checkpoint(name="run-best", init="run", arch=init.arch, sha256="b" * 64,
-                          source="run", role="best", run_id=run.id, epoch=1)
-        s.add(best)
-        ev_a = Evaluation(name="a", source="predict", run_id=run.id, dataset_id=ds.id,
-                          split_id=sp.id, part="test", init_name="dinov2", n_images=1)
-        ev_b = Evaluation(name="b", source="import", dataset_id=ds.id, split_id=sp.id,
-                          part="test", init_name="other", n_images=1)
-        s.add_all([ev_a, ev_b])
-        s.flush()
-        s.add_all([
-            Prediction(evaluation_id=ev_a.id, image_id=imgs[1].id, finding_id=f1.id,
-                       probability=0.25, label=0),
-            Prediction(evaluation_id=ev_b.id, image_id=imgs[1].id, finding_id=f1.id,
-                       probability=0.75, label=0),
-        ])
-        cmp = Comparison(dataset_id=ds.id, evaluation_a_id=ev_a.id, evaluation_b_id=ev_b.id,
-                         label_a="dinov2", label_b="other", n_images=1, n_resamples=10, seed=0)
-        s.add(cmp)
-        s.flush()
-        s.add(ComparisonResult(comparison_id=cmp.id, finding="__macro__", diff=0.1, p_value=0.5))
-        return {"dataset": ds.id, "run": run.id, "eval_a": ev_a.id, "eval_b": ev_b.id,
-                "comparison": cmp.id, "init": init.id}
-
-
 def _count(reg, model) -> int:
     with reg.session() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
 def test_round_trip_and_listing(any_registry):
-    ids = _populate(any_registry)
+    ids = populate_registry(any_registry)
     runs = catalog.list_runs(any_registry)
     assert [r["id"] for r in runs] == [ids["run"]]
     assert runs[0]["init"] == "dinov2" and runs[0]["status"] == "running"
@@ -114,7 +52,7 @@ def test_round_trip_and_listing(any_registry):
 
 
 def test_label_values_are_checked(any_registry):
-    ids = _populate(any_registry)
+    ids = populate_registry(any_registry)
     with pytest.raises(RefusedError, match="nothing was stored"):
         with any_registry.session() as s:
             img = s.scalar(select(Image).where(Image.dataset_id == ids["dataset"]))
@@ -124,14 +62,14 @@ def test_label_values_are_checked(any_registry):
 
 
 def test_delete_dataset_refused_while_runs_use_it(any_registry):
-    _populate(any_registry)
+    populate_registry(any_registry)
     with pytest.raises(RefusedError, match="used by 1 run"):
         catalog.delete_dataset(any_registry, "toy")
     assert _count(any_registry, Image) == 2
 
 
 def test_delete_run_cascades_then_dataset_deletes(any_registry):
-    ids = _populate(any_registry)
+    ids = populate_registry(any_registry)
     catalog.delete_run(any_registry, ids["run"])
     assert _count(any_registry, Run) == 0
     assert _count(any_registry, EpochMetric) == 0
@@ -147,7 +85,7 @@ def test_delete_run_cascades_then_dataset_deletes(any_registry):
 
 
 def test_delete_run_refused_while_another_run_starts_from_it(any_registry):
-    ids = _populate(any_registry)
+    ids = populate_registry(any_registry)
     with any_registry.session() as s:
         best = s.scalar(select(Checkpoint).where(Checkpoint.role == "best"))
         run = s.get(Run, ids["run"])

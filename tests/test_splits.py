@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from vitmed_cli.cli import app
 from vitmed_cli.errors import AlreadyExists, ConfigError, InputError
-from vitmed_cli.registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
+from vitmed_cli.registry.models import Image, Split, SplitAssignment
 from vitmed_cli.splits import (
     SplitLeakage,
     check_no_leakage,
@@ -22,43 +22,8 @@ from vitmed_cli.splits import (
     stratify_groups,
 )
 
-FINDINGS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Rare Thing")
-PREVALENCE = (0.3, 0.25, 0.15, 0.04)
-
-
-def add_dataset(registry, name="toy", *, n_patients=120, seed=0, has_patient_ids=True,
-                official=None, findings=FINDINGS, prevalence=PREVALENCE):
-    """A dataset straight through the ORM: 1-4 images per patient, patient-level findings.
-
-    ``official`` maps a patient index to its official part (or a callable doing so).
-    """
-    rng = np.random.default_rng(seed)
-    with registry.session() as s:
-        ds = Dataset(name=name, format="csv", source_path="/nowhere", image_size=64,
-                     has_patient_ids=has_patient_ids)
-        s.add(ds)
-        s.flush()
-        fnd = [Finding(dataset_id=ds.id, canonical=f, native=f.lower(), position=i)
-               for i, f in enumerate(findings)]
-        s.add_all(fnd)
-        s.flush()
-        images, flags = [], []
-        for p in range(n_patients):
-            has = rng.random(len(findings)) < np.array(prevalence)
-            part = official(p) if callable(official) else None
-            for k in range(int(rng.integers(1, 5))):
-                images.append(Image(dataset_id=ds.id, key=f"p{p:04d}/img{k}.png",
-                                    patient_id=f"P{p:04d}" if has_patient_ids else None,
-                                    view="lateral" if k == 3 else "frontal", source_path="x",
-                                    official_part=part, readable=k != 2 or p % 7 != 0))
-                flags.append(has)
-        s.add_all(images)
-        s.flush()
-        s.add_all([
-            Label(image_id=img.id, finding_id=f.id, value=int(h if rng.random() < 0.9 else not h))
-            for img, has in zip(images, flags) for f, h in zip(fnd, has)
-        ])
-    return name
+from helpers import SPLIT_FINDINGS as FINDINGS
+from helpers import add_dataset
 
 
 def assignment(registry, split_id):
@@ -147,7 +112,7 @@ def test_leak_check_catches_a_corrupted_split(registry):
 def test_existing_name_refused_and_replace(registry):
     add_dataset(registry)
     make_split(registry, "toy", seed=0)
-    with pytest.raises(AlreadyExists, match="already has a split named 'patient-s0' - choose another --name or pass --replace"):
+    with pytest.raises(AlreadyExists, match="already has a split named 'patient-s0' - choose another `name` or pass `replace`"):
         make_split(registry, "toy", seed=0)
     again = make_split(registry, "toy", seed=1, name="patient-s0", replace=True)
     with registry.session() as s:
@@ -291,10 +256,10 @@ def test_cli_errors(registry, sqlite_url, tmp_path):
 
 def test_split_of_an_ingested_synthetic_dataset(registry, tmp_path):
     from vitmed_cli.datasets import ingest_dataset
-    from vitmed_cli.synthetic import write_synthetic
+    from vitmed_cli.datasets.formats.synthetic import write_synthetic
 
     csv_path = write_synthetic(tmp_path / "syn", n_images=90, seed=2, image_size=64)
-    ingest_dataset(registry, "csv", csv_path, name="syn", image_size=32, workers=1, progress=False)
+    ingest_dataset(registry, "csv", csv_path, name="syn", image_size=32, workers=1)
     info = make_split(registry, "syn", val=0.15, test=0.25, seed=0)
     rows = assignment(registry, info["id"])
     assert len(rows) == 90  # laterals are assigned with their patient

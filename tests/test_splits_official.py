@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from vitmed_cli.errors import InputError
 from vitmed_cli.registry.models import Split
 from vitmed_cli.splits import official_split
-from test_splits import add_dataset
+from helpers import add_dataset
 
 
 def test_official_split_without_a_test_part_is_refused(registry):
@@ -20,9 +20,9 @@ def test_official_split_without_a_test_part_is_refused(registry):
 
 
 def test_split_summary_counts_the_images_training_uses(registry, tmp_path):
-    from test_data import build_dataset
+    from helpers import build_dataset
 
-    from vitmed_cli.data import load_part
+    from vitmed_cli.datasets.parts import load_part
     from vitmed_cli.splits import make_split
 
     build_dataset(registry, tmp_path, n=90, n_lateral=8, n_unreadable=5)

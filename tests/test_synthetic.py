@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vitmed_cli.errors import ConfigError, InputError
-from vitmed_cli.synthetic import (
+from vitmed_cli.datasets.formats.synthetic import (
     FINDINGS,
     SHARED_FINDINGS,
     render_synthetic,
@@ -80,7 +80,7 @@ def test_refuses_a_foreign_folder_and_bad_counts(tmp_path):
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="is not empty and holds no labels.csv"):
         write_synthetic(tmp_path / "x", n_images=5)
-    with pytest.raises(ConfigError, match="--n-images must be at least 1"):
+    with pytest.raises(ConfigError, match="`n_images` must be at least 1"):
         write_synthetic(tmp_path / "y", n_images=0)
 
 

@@ -12,17 +12,18 @@ from safetensors.torch import load_file
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from test_data import build_dataset
-from vitmed_cli import train as train_mod
+from helpers import build_dataset
+from vitmed_cli.training import loop as loop_mod
 from vitmed_cli.cli import app
 from vitmed_cli.errors import TrainingError
 from vitmed_cli.registry.models import Checkpoint, EpochMetric, Run
-from vitmed_cli.train import finetune, resume
+from vitmed_cli.events import Notice
+from vitmed_cli.training import finetune, resume
 from vitmed_cli.weights import sha256_file
 
 TINY = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
 ARCH = "vit_tiny_patch16_224"
-FAST = dict(arch=ARCH, model_kwargs=TINY, lr=2e-3, batch_size=32, progress=False)
+FAST = dict(arch=ARCH, model_kwargs=TINY, lr=2e-3, batch_size=32)
 
 
 def _url(registry) -> str:
@@ -82,7 +83,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(registry, tmp_path):
         assert run.status == "interrupted" and Path(run.resume_path).is_file()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
-    done = resume(registry, cut.run_id, progress=False)
+    done = resume(registry, cut.run_id)
     assert done.status == "completed" and done.epochs_done == 2
     for a, b in zip(whole.history, done.history, strict=True):
         assert a["epoch"] == b["epoch"]
@@ -98,7 +99,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(registry, tmp_path):
         assert run.status == "completed" and len(run.config["resumes"]) == 1
         assert s.scalar(select(func.count()).where(EpochMetric.run_id == cut.run_id)) == 2
     with pytest.raises(TrainingError, match=f"run {cut.run_id} is already completed"):
-        resume(registry, cut.run_id, progress=False)
+        resume(registry, cut.run_id)
 
 
 class _Killed(BaseException):
@@ -108,23 +109,23 @@ class _Killed(BaseException):
 def test_kill_between_resume_file_and_epoch_row_loses_no_epoch(registry, tmp_path, monkeypatch):
     build_dataset(registry, tmp_path, n=80)
     whole = finetune(registry, dataset="toy", epochs=2, seed=3, **FAST)
-    original = train_mod._save_resume
+    original = loop_mod.save_resume
 
     def save_then_die(path, payload):
         original(path, payload)
         if payload["batch"] == 0 and payload["epoch"] == 1:  # epoch 1 saved, its row not yet
             raise _Killed
 
-    monkeypatch.setattr(train_mod, "_save_resume", save_then_die)
+    monkeypatch.setattr(loop_mod, "save_resume", save_then_die)
     with pytest.raises(_Killed):
         finetune(registry, dataset="toy", epochs=2, seed=3, **FAST)
-    monkeypatch.setattr(train_mod, "_save_resume", original)
+    monkeypatch.setattr(loop_mod, "save_resume", original)
     with registry.session() as s:
         run = s.scalars(select(Run).order_by(Run.id.desc())).first()
         run_id = run.id
         assert run.epochs_done == 0 and run.resume_path is None  # the window being tested
         assert s.scalars(select(EpochMetric).where(EpochMetric.run_id == run_id)).all() == []
-    res = resume(registry, run_id, progress=False)
+    res = resume(registry, run_id)
     assert res.status == "completed" and res.epochs_done == 2
     with registry.session() as s:
         rows = s.scalars(select(EpochMetric).where(EpochMetric.run_id == run_id)
@@ -142,7 +143,7 @@ def test_failed_run_records_the_error(registry, tmp_path, monkeypatch):
     def boom(self, x, y):
         raise RuntimeError("out of memory on purpose")
 
-    monkeypatch.setattr(train_mod.Trainer, "step", boom)
+    monkeypatch.setattr(loop_mod.Trainer, "step", boom)
     with pytest.raises(TrainingError, match=r"run \d+ failed: RuntimeError: out of memory on purpose"):
         finetune(registry, dataset="toy", epochs=1, **FAST)
     with registry.session() as s:
@@ -211,7 +212,7 @@ def test_cli_min_positives_leaves_out_and_records_findings(registry, tmp_path):
         assert run.findings == ["Effusion"]
         assert run.config["left_out_findings"]["few_positives"] == {"Nodule": 0}
         assert run.config["train"]["min_positives"] == 1
-    from vitmed_cli.predict import predict
+    from vitmed_cli.evaluations import predict
 
     scored = predict(registry, run_id=out["run_id"], device="cpu")
     assert list(scored.auc) == ["Effusion"]  # the run's findings, not the dataset's
@@ -224,9 +225,10 @@ def test_non_findings_are_skipped_by_default_and_findings_picks(registry, tmp_pa
     with registry.session() as s:
         ds = s.scalars(select(Dataset)).one()
         ds.options = {"non_findings": ["Effusion"]}
-    notes: list[str] = []
-    res = finetune(registry, dataset="toy", epochs=1, warn=notes.append, **FAST)
-    assert notes == ["left out non-findings: Effusion"]
+    events: list = []
+    res = finetune(registry, dataset="toy", epochs=1, on_event=events.append, **FAST)
+    warnings = [e.text for e in events if isinstance(e, Notice) and e.level == "warning"]
+    assert warnings == ["left out non-findings: Effusion"]
     assert res.left_out_findings == {"non_findings": ["Effusion"]}
     res2 = finetune(registry, dataset="toy", epochs=1, findings=["Effusion"], **FAST)
     with registry.session() as s:
@@ -266,7 +268,7 @@ def test_cli_finetune_json(registry, tmp_path):
 
 def test_cli_sigterm_stops_with_exit_130_and_the_resume_command(registry, tmp_path, monkeypatch):
     build_dataset(registry, tmp_path, n=120)
-    original = train_mod.Trainer.step
+    original = loop_mod.Trainer.step
     calls = []
 
     def step_then_term(self, x, y):
@@ -275,7 +277,7 @@ def test_cli_sigterm_stops_with_exit_130_and_the_resume_command(registry, tmp_pa
             signal.raise_signal(signal.SIGTERM)  # as sent by a scheduler or `kill`
         return original(self, x, y)
 
-    monkeypatch.setattr(train_mod.Trainer, "step", step_then_term)
+    monkeypatch.setattr(loop_mod.Trainer, "step", step_then_term)
     result = _invoke(registry, "finetune", "--dataset", "toy", "--epochs", "2", *TINY_ARGS)
     assert result.exit_code == 130
     with registry.session() as s:

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from vitmed_cli import models, weights
+from vitmed_cli import weights
 from vitmed_cli.cli import app
 from vitmed_cli.errors import WeightsError
 from vitmed_cli.registry.models import Checkpoint, Dataset, Run, Split
@@ -113,7 +113,7 @@ def test_dinov2_official_file_registers_and_loads_exactly(registry, tmp_path, em
         spec = weights.resolve_init(s, "dinov2")
     assert spec.checkpoint_id == result.checkpoint_id and spec.sha256 == result.sha256
     assert spec.drop_head and spec.source_image_size == 70
-    model, info = models.create_model(spec.arch, 4, 70, spec)
+    model, info = weights.create_model_from_init(spec, 4, 70)
     _assert_loaded(model, saved)
     assert info["loaded_keys"] == len(saved) - 1  # all but mask_token
     assert info["head"] == "new" and info["pos_embed"] == "kept 5x5"
@@ -137,7 +137,7 @@ def test_imagenet_style_safetensors_with_head(registry, tmp_path, empty_hub):
         row = s.get(Checkpoint, result.checkpoint_id)
         assert row.meta["head_keys"] == ["head.bias", "head.weight"]
         spec = weights.resolve_init(s, "imagenet", arch="test_vit")
-    model, info = models.create_model("test_vit", 3, 160, spec)
+    model, info = weights.create_model_from_init(spec, 3, 160, arch="test_vit")
     _assert_loaded(model, saved)
     assert model.head.out_features == 3 and info["head"] == "new"
 
@@ -157,7 +157,7 @@ def test_resnet_from_a_file_any_timm_arch(registry, tmp_path):
     assert result.init == "resnet-test" and result.n_params is not None
     with registry.session() as s:
         spec = weights.resolve_init(s, "resnet-test")
-    model, info = models.create_model(spec.arch, 2, 64, spec)
+    model, info = weights.create_model_from_init(spec, 2, 64)
     _assert_loaded(model, saved)
     assert model.get_classifier().out_features == 2
     assert info["pos_embed"] is None
@@ -261,7 +261,7 @@ def test_hub_cache_is_found_offline_and_registered(registry, tmp_path, empty_hub
     with registry.session() as s:
         row = s.get(Checkpoint, spec.checkpoint_id)
         assert row.source == "hub-cache" and row.sha256 == _sha(src)
-    model, _ = models.create_model("test_vit", 2, 160, spec)
+    model, _ = weights.create_model_from_init(spec, 2, 160, arch="test_vit")
     _assert_loaded(model, saved)
     # pretrain-load without --file finds the same file and reports it as registered.
     result = weights.pretrain_load(registry, "imagenet", arch="test_vit")
@@ -302,7 +302,7 @@ def test_run_checkpoint_as_init_drops_head_and_resamples(registry, tmp_path):
         assert best.n_params == sum(v.numel() for v in saved.values())
     assert spec.name == f"run:{run_id}" and spec.drop_head and spec.source_image_size == 64
     assert spec.findings == ("a", "b", "c", "d", "e")
-    model, info = models.create_model(None, 3, 96, spec)
+    model, info = weights.create_model_from_init(spec, 3, 96)
     assert info["head"] == "new" and info["head_dropped"] == ["head.bias", "head.weight"]
     assert info["pos_embed"] == "interpolated 4x4 -> 6x6"
     assert torch.equal(model.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
@@ -335,7 +335,7 @@ def test_changed_file_is_refused_at_load_time(registry, tmp_path, empty_hub):
     sd["cls_token"] += 1
     torch.save(sd, path)
     with pytest.raises(WeightsError, match="changed since it was registered"):
-        models.create_model(spec.arch, 2, 70, spec)
+        weights.create_model_from_init(spec, 2, 70)
 
 
 def test_register_checkpoint_is_idempotent_on_sha_arch_role(any_registry, tmp_path):

@@ -3,13 +3,12 @@
 The library behind the ``vitmed`` command.  The main functions are importable from
 here and load their (heavy) modules on first use::
 
-    from vitmed_cli import open_registry, ingest_dataset, make_split, finetune
-    from vitmed_cli.predict import predict
+    from vitmed_cli import open_registry, ingest_dataset, make_split, finetune, predict
     from vitmed_cli.compare import compare
     from vitmed_cli.stats import roc_auc, delong_test, paired_bootstrap, fdr_bh
 
-(``predict`` and ``compare`` are also module names, so they are imported from their
-modules.)
+(``compare`` is also a module name, so it is imported from its module.)  The
+package is layered; the README's architecture section gives the import rule.
 """
 
 from __future__ import annotations
@@ -24,18 +23,19 @@ from .errors import VitmedError  # noqa: E402
 _PUBLIC = {
     "open_registry": "registry.db",
     "Registry": "registry.db",
-    "ingest_dataset": "datasets",
-    "export_labels": "datasets",
-    "write_synthetic": "synthetic",
+    "ingest_dataset": "datasets.ingest",
+    "export_labels": "datasets.export",
+    "write_synthetic": "datasets.formats.synthetic",
     "make_split": "splits",
     "official_split": "splits",
     "pretrain_load": "weights",
     "resolve_init": "weights",
     "create_model": "models",
-    "finetune": "train",
-    "resume": "train",
-    "import_evaluation": "compare",
-    "load_evaluation_arrays": "compare",
+    "finetune": "training",
+    "resume": "training",
+    "predict": "evaluations.from_run",
+    "import_evaluation": "evaluations.imported",
+    "load_evaluation_arrays": "evaluations.store",
     "create_report": "report",
     "run_demo": "demo",
     "roc_auc": "stats",

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import func, select
 
-from .errors import NotFound, RefusedError
+from .errors import RefusedError
 from .registry.db import Registry
 from .registry.models import (
     Checkpoint,
@@ -23,74 +22,9 @@ from .registry.models import (
     Image,
     Label,
     Run,
-    Split,
 )
-
-
-KNOWN_VIEWS = ("frontal", "lateral")
-
-
-def used_images(dataset_id: int, *, frontal_only: bool = True, cached: bool = True):
-    """SQL condition on :class:`Image`: the images that training and evaluation use.
-
-    With ``cached``, readable and in the image cache (an imported evaluation may cover
-    images vitmed could not read); with ``frontal_only``, frontal views - and 'unknown' ones
-    only in a dataset that has no view information at all (there an unknown view is not a
-    hidden lateral).  Training, ``predict`` and ``evals import`` select images through this.
-    """
-    cond = and_(Image.cache_index.is_not(None), or_(Image.readable.is_(None), Image.readable.is_(True))) \
-        if cached else Image.id.is_not(None)
-    if not frontal_only:
-        return cond
-    other = aliased(Image)  # not correlated with the outer row
-    any_known = exists().where(other.dataset_id == dataset_id, other.view.in_(KNOWN_VIEWS))
-    return and_(cond, or_(Image.view == "frontal", and_(Image.view == "unknown", ~any_known)))
-
-
-def unlabelled_keys(dataset: Dataset) -> set[str]:
-    """Keys of images whose source carries no label information (left out like laterals)."""
-    return set((dataset.options or {}).get("unlabelled_keys") or ())
-
-
-def get_dataset(session, name: str) -> Dataset:
-    ds = session.scalar(select(Dataset).where(Dataset.name == name))
-    if ds is None:
-        known = session.scalars(select(Dataset.name).order_by(Dataset.name)).all()
-        hint = f"known: {', '.join(known)}" if known else "none is registered yet - run vitmed ingest first"
-        raise NotFound(f"unknown dataset {name!r} ({hint})")
-    return ds
-
-
-def get_split(session, dataset: Dataset, name: str | None) -> Split:
-    """The named split of ``dataset``; without a name, its only or newest split."""
-    q = select(Split).where(Split.dataset_id == dataset.id)
-    if name is not None:
-        sp = session.scalar(q.where(Split.name == name))
-        if sp is None:
-            known = session.scalars(select(Split.name).where(Split.dataset_id == dataset.id)).all()
-            hint = f"known: {', '.join(known)}" if known else f"run: vitmed split {dataset.name}"
-            raise NotFound(f"dataset {dataset.name!r} has no split {name!r} ({hint})")
-        return sp
-    sp = session.scalar(q.order_by(Split.created_at.desc(), Split.id.desc()))
-    if sp is None:
-        raise NotFound(
-            f"dataset {dataset.name!r} has no split yet - run: vitmed split {dataset.name}"
-        )
-    return sp
-
-
-def get_run(session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"no run with id {run_id} - see vitmed runs list")
-    return run
-
-
-def get_evaluation(session, evaluation_id: int) -> Evaluation:
-    ev = session.get(Evaluation, evaluation_id)
-    if ev is None:
-        raise NotFound(f"no evaluation with id {evaluation_id} - see vitmed evals list")
-    return ev
+from .registry.queries import get_dataset, get_evaluation, get_run
+from .splits import split_summary
 
 
 def list_datasets(registry: Registry) -> list[dict[str, Any]]:
@@ -151,8 +85,6 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
         }
         for canonical, value, count in label_counts:
             findings[canonical][names[value]] = count
-        from .splits import split_summary  # splits builds on this module
-
         splits = []
         for sp in ds.splits:
             info = split_summary(s, sp)

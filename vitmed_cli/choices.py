@@ -1,7 +1,8 @@
-"""Choices and defaults shared by the library and the CLI, importable without torch.
+"""Every choice the CLI offers and the defaults it shows, defined once and importable without torch.
 
-The CLI imports this module to build its options; the heavy modules (``train``,
-``predict``, ``data``) import the same names, so a default is written once.
+The CLI builds its options from these enums; the library checks values against
+the same ones (``Format.names()`` etc.), so a choice or a default is written in
+one place only.
 """
 
 from __future__ import annotations
@@ -9,7 +10,54 @@ from __future__ import annotations
 from enum import Enum
 
 
-class UncertainPolicy(str, Enum):
+class Choice(str, Enum):
+    """A fixed set of string values; the CLI shows them as choices, the library checks them."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+    @classmethod
+    def parse(cls, value: "str | Choice", what: str | None = None) -> "Choice":
+        """``value`` as a member; a clear error naming ``what`` and the valid values otherwise."""
+        from .errors import ConfigError
+
+        try:
+            return cls(getattr(value, "value", value))
+        except ValueError:
+            label = what or cls.__name__
+            raise ConfigError(
+                f"unknown {label} {value!r} - use one of: {', '.join(cls.names())}"
+            ) from None
+
+
+class Format(Choice):
+    """Dataset layouts that ``ingest`` reads (one reader module each)."""
+
+    vindr = "vindr"
+    chexpert = "chexpert"
+    mimic = "mimic"
+    cxr14 = "cxr14"
+    padchest = "padchest"
+    csv = "csv"
+    synthetic = "synthetic"
+
+
+class LabelPolicy(Choice):
+    """How VinDr-CXR's three radiologists are combined."""
+
+    majority = "majority"
+    any = "any"
+
+
+class Flavour(Choice):
+    """Which of the two related synthetic datasets to write."""
+
+    source = "source"
+    target = "target"
+
+
+class UncertainPolicy(Choice):
     """What an uncertain label (-1) becomes: negative, positive, or left out of the loss/AUC."""
 
     zeros = "zeros"
@@ -17,12 +65,58 @@ class UncertainPolicy(str, Enum):
     ignore = "ignore"
 
 
-class Part(str, Enum):
+class Part(Choice):
     """A part of a split."""
 
     train = "train"
     val = "val"
     test = "test"
+
+
+class Device(Choice):
+    """Where a model runs: a GPU when there is one (auto), or explicitly."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Scheduler(Choice):
+    """Learning-rate schedule: constant (the study) or linear warm-up then cosine decay."""
+
+    constant = "constant"
+    cosine = "cosine"
+
+
+class CheckpointRole(Choice):
+    """What a registered weights file is: a starting point, or a run's best / last epoch."""
+
+    init = "init"
+    best = "best"
+    last = "last"
+
+
+class RunRole(Choice):
+    """Which of a run's checkpoints to use."""
+
+    best = "best"
+    last = "last"
+
+
+class ReportFormat(Choice):
+    """One self-contained HTML page, or Markdown with PNG figures beside it."""
+
+    html = "html"
+    md = "md"
+
+
+class RunStatus(Choice):
+    """Where a run stands."""
+
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    interrupted = "interrupted"
 
 
 # Fine-tuning, as in the study unless said otherwise.
@@ -32,7 +126,13 @@ DEFAULT_LR = 1e-5
 DEFAULT_WEIGHT_DECAY = 0.01
 DEFAULT_MAX_ROTATION = 10.0
 DEFAULT_NUM_WORKERS = 1
-SCHEDULERS = ("constant", "cosine")
+
+# Ingest.
+DEFAULT_IMAGE_SIZE = 224
 
 # Prediction.
 DEFAULT_PREDICT_BATCH = 64
+
+# Statistics.
+DEFAULT_RESAMPLES = 1000
+DEFAULT_ALPHA = 0.05

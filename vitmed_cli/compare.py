@@ -1,40 +1,30 @@
-"""Compare stored evaluations with paired statistics, and import predictions made elsewhere.
+"""Compare stored evaluations with paired statistics.
 
-``load_evaluation_arrays`` turns an evaluation's predictions into aligned numpy
-arrays; ``compare`` picks evaluations (by id, run or initialisation), aligns
+``compare`` picks evaluations (by id, run or initialisation), reads them as
+arrays (:func:`~vitmed_cli.evaluations.store.load_evaluation_arrays`), aligns
 them by image, runs :mod:`vitmed_cli.stats` and stores one ``Comparison`` per
-pair with its ``ComparisonResult`` rows; ``import_evaluation`` registers a CSV
-of probabilities as an evaluation.
+pair with its ``ComparisonResult`` rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import uuid
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from . import stats
-from .catalog import get_dataset, get_evaluation, get_run, get_split, unlabelled_keys, used_images
+from ._util import finite_or_none
+from .choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES, Part
 from .errors import InputError, NotFound, RefusedError, StatsError
+from .evaluations.store import EvalArrays, load_evaluation_arrays
+from .events import Listener, progress as report_progress
 from .registry.db import Registry
-from .registry.models import (
-    MACRO,
-    Comparison,
-    ComparisonResult,
-    Evaluation,
-    EvaluationMetric,
-    Finding,
-    Image,
-    Label,
-    Prediction,
-    SplitAssignment,
-)
+from .registry.models import MACRO, Comparison, ComparisonResult, Evaluation
+from .registry.queries import get_dataset, get_evaluation, get_run
 
 P_VALUE_METHOD = (
     "paired bootstrap over images, two-sided: p = min(1, 2*min(1+#{d*<=0}, 1+#{d*>=0})/(B+1)); "
@@ -44,56 +34,6 @@ FDR_METHOD = (
     "Benjamini-Hochberg over every pair x finding of the comparison group (bootstrap p); "
     "macro rows adjusted separately over the group's pairs"
 )
-UNCERTAIN_POLICIES = ("zeros", "ones", "ignore")
-KEY_COLUMNS = ("image_id", "key", "Path")
-
-
-# --------------------------------------------------------------------------- loading
-
-
-@dataclass
-class EvalArrays:
-    """An evaluation's predictions as arrays: rows = images (sorted by id), columns = findings."""
-
-    evaluation_id: int
-    image_ids: np.ndarray
-    image_keys: list[str]
-    findings: list[str]
-    y_true: np.ndarray  # float, NaN = excluded for that finding
-    scores: np.ndarray  # float, NaN = no prediction
-
-
-def load_evaluation_arrays(session, evaluation_id: int) -> EvalArrays:
-    """The stored predictions of one evaluation, aligned as (n_images, n_findings) arrays."""
-    get_evaluation(session, evaluation_id)
-    rows = session.execute(
-        select(
-            Prediction.image_id, Prediction.finding_id, Prediction.probability, Prediction.label
-        ).where(Prediction.evaluation_id == evaluation_id)
-    ).all()
-    if not rows:
-        return EvalArrays(evaluation_id, np.empty(0, np.int64), [], [], np.empty((0, 0)), np.empty((0, 0)))
-    img = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    fid = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-    prob = np.fromiter((r[2] for r in rows), dtype=float, count=len(rows))
-    lab = np.fromiter((np.nan if r[3] is None else r[3] for r in rows), dtype=float, count=len(rows))
-    image_ids, ri = np.unique(img, return_inverse=True)
-    finding_rows = session.execute(
-        select(Finding.id, Finding.canonical, Finding.position)
-        .where(Finding.id.in_(np.unique(fid).tolist()))
-        .order_by(Finding.position, Finding.id)
-    ).all()
-    col = {f[0]: j for j, f in enumerate(finding_rows)}
-    ci = np.array([col[f] for f in fid.tolist()])
-    y = np.full((image_ids.size, len(finding_rows)), np.nan)
-    s = np.full_like(y, np.nan)
-    y[ri, ci] = lab
-    s[ri, ci] = prob
-    keys = dict(session.execute(select(Image.id, Image.key).where(Image.id.in_(image_ids.tolist()))).all())
-    return EvalArrays(
-        evaluation_id, image_ids, [keys[i] for i in image_ids.tolist()],
-        [f[1] for f in finding_rows], y, s,
-    )
 
 
 # --------------------------------------------------------------------------- choosing evaluations
@@ -161,11 +101,11 @@ def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequen
     """Pairs of evaluations to compare, and the dataset id."""
     if inits and (evals or runs):
         raise InputError(
-            "choose the models by --init NAME (with --dataset), or by --run ID / --eval ID "
+            "choose the models by `init` NAME (with `dataset`), or by `run` ID / `eval` ID "
             "(these two can be mixed), not both"
         )
     if len(inits) + len(evals) + len(runs) < 2:
-        raise InputError("compare needs two or more models - repeat --init, --eval or --run")
+        raise InputError("compare needs two or more models - repeat `init`, `eval` or `run`")
     picks: list[list[_Pick]] = []
     if evals or runs:
         # runs first, then evaluations: --run 3 --eval 7 compares run 3 (A) with evaluation 7 (B)
@@ -183,11 +123,11 @@ def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequen
             picks.append([_Pick(ev.id, f"eval {ev.id} ({ev.init_name or ev.name})")])
     else:
         if dataset is None:
-            raise InputError("--init needs --dataset NAME (e.g. vitmed compare --dataset vindr --init dinov2 --init imagenet)")
+            raise InputError("`init` needs `dataset` NAME (e.g. vitmed compare --dataset vindr --init dinov2 --init imagenet)")
         ds = get_dataset(session, dataset)
         picks = [_picks_for_init(session, ds, init, part, all_seeds) for init in inits]
     if len(picks) < 2:
-        raise InputError("compare needs two or more models - repeat --init, --eval or --run")
+        raise InputError("compare needs two or more models - repeat `init`, `eval` or `run`")
     ids = [p.evaluation_id for group in picks for p in group]
     if len(set(ids)) != len(ids):
         raise InputError(
@@ -209,7 +149,7 @@ def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequen
             raise InputError(
                 f"{ga[0].label.split(' (')[0]} and {gb[0].label.split(' (')[0]} share no seed "
                 f"(seeds {sorted(p.seed for p in ga)} vs {sorted(p.seed for p in gb)}) - "
-                "drop --all-seeds or train matching seeds"
+                "drop `all_seeds` or train matching seeds"
             )
         pairs += matched
     return pairs, datasets.pop()
@@ -247,7 +187,7 @@ def align_evaluations(ea: EvalArrays, eb: EvalArrays, *, intersect: bool = False
         raise RefusedError(
             f"evaluations {ia} and {ib} differ in {n_diff} images ({only_a.size} only in {ia}, "
             f"{only_b.size} only in {ib}, e.g. {_examples(keys)}) - rerun predict on the same split, "
-            "or pass --intersect"
+            "or pass `intersect`"
         )
     if common.size == 0:
         raise RefusedError(f"evaluations {ia} and {ib} share no image - compare evaluations of the same images")
@@ -273,7 +213,7 @@ def align_evaluations(ea: EvalArrays, eb: EvalArrays, *, intersect: bool = False
             f"evaluations {ia} and {ib} disagree on the ground truth of {n_conf} image x finding labels "
             f"in {int(conflict.any(axis=1).sum())} images (e.g. {key} / {shared[c]}: "
             f"{show(ya[r, c])} vs {show(yb[r, c])}) - score both with the same labels and "
-            "--uncertain policy, or pass --intersect"
+            "`uncertain` policy, or pass `intersect`"
         )
     y = ya.copy()
     y[conflict] = np.nan  # with --intersect a disputed label is left out of that finding
@@ -331,12 +271,12 @@ def compare(
     evals: Sequence[int] = (),
     runs: Sequence[int] = (),
     part: str = "test",
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     intersect: bool = False,
     all_seeds: bool = False,
-    alpha: float = 0.05,
-    progress: Callable[[str, int, int], None] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    on_event: Listener | None = None,
 ) -> dict[str, Any]:
     """Compare two or more evaluations pairwise and store the results.
 
@@ -345,12 +285,13 @@ def compare(
     macro, skipped_findings, ...`` with, per finding, AUCs, diff = a - b, 95%
     bootstrap CI, bootstrap p, DeLong p and the BH-adjusted p.  ``better`` names
     the model with the higher AUC where the adjusted p is below ``alpha``.
-    ``progress(label, done, total)`` is called as resamples finish.
+    ``on_event`` receives a progress event per pair as resamples finish.
     """
+    part = Part.parse(part, "part").value
     if n_resamples < 10:
-        raise InputError(f"--n-resamples {n_resamples} is too few for a p-value - use 1000 or more")
+        raise InputError(f"`n_resamples` {n_resamples} is too few for a p-value - use 1000 or more")
     if not 0 < alpha < 1:
-        raise InputError(f"--alpha {alpha} must lie between 0 and 1, e.g. 0.05")
+        raise InputError(f"`alpha` {alpha} must lie between 0 and 1, e.g. 0.05")
     with registry.session() as s:
         pairs, dataset_id = _choose(s, dataset=dataset, inits=inits, evals=evals, runs=runs,
                                     part=part, all_seeds=all_seeds)
@@ -369,12 +310,12 @@ def compare(
     for (pa, pb), al in zip(pairs, aligned):
         label = f"{pa.label} vs {pb.label}"
         cb = None
-        if progress is not None:
+        if on_event is not None:
             done = [0]
 
             def cb(c, label=label, done=done):
                 done[0] += c
-                progress(label, done[0], n_resamples)
+                report_progress(on_event, label, done[0], n_resamples)
 
         try:
             res = _pair_stats(al, n_resamples, seed, cb)
@@ -428,8 +369,9 @@ _RESULT_COLUMNS = ("finding", "auc_a", "auc_b", "diff", "ci_low", "ci_high", "p_
 
 
 def _num(v):
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
+    """A stored value: floats finite or None, numpy scalars as Python numbers."""
+    if isinstance(v, (float, np.floating)):
+        return finite_or_none(v)
     if isinstance(v, np.generic):
         return v.item()
     return v
@@ -439,216 +381,6 @@ def _ordered(res: dict[str, Any]) -> dict[str, Any]:
     keys = ["comparison_id", "a", "b", "evaluation_a", "evaluation_b", "n_images", "findings", "macro",
             "skipped_findings", "n_dropped_images", "n_label_conflicts"]
     return {k: res[k] for k in keys}
-
-
-# --------------------------------------------------------------------------- import
-
-
-def _key_column(columns: list[str], key_col: str | None, path: Path) -> str:
-    if key_col is not None:
-        if key_col not in columns:
-            raise InputError(
-                f"{path.name} has no column {key_col!r} (columns: {_examples(columns, 8)}) - "
-                "pass the image key column with --key-col"
-            )
-        return key_col
-    for c in KEY_COLUMNS:
-        if c in columns:
-            return c
-    return columns[0]
-
-
-def import_evaluation(
-    registry: Registry,
-    path: str | Path,
-    *,
-    dataset: str,
-    name: str,
-    split: str | None = None,
-    part: str = "test",
-    key_col: str | None = None,
-    uncertain: str = "zeros",
-) -> dict[str, Any]:
-    """Register a CSV of probabilities (image key + one column per finding) as an evaluation.
-
-    Labels come from the registry: uncertain per ``uncertain`` (zeros, ones or
-    ignore = excluded), not mentioned = 0.  Everything is written in one
-    transaction; returns ``{"evaluation_id", "macro_auc", "n_images", ...}``.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if uncertain not in UNCERTAIN_POLICIES:
-        raise InputError(f"--uncertain {uncertain!r}: use one of {', '.join(UNCERTAIN_POLICIES)}")
-    if not path.is_file():
-        raise InputError(f"prediction file {path} does not exist - give the path of a CSV file")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        raise InputError(f"cannot read {path.name} as CSV: {str(exc).splitlines()[0]} - "
-                         "save it as comma-separated text with a header row") from exc
-    columns = [str(c) for c in df.columns]
-    if len(columns) < 2 or df.empty:
-        raise InputError(f"{path.name} needs a header, an image key column and at least one "
-                         "probability column with rows - one row per image")
-    kcol = _key_column(columns, key_col, path)
-    keys = df[kcol].str.strip().tolist()
-    dup = pd.Series(keys)[pd.Series(keys).duplicated()].unique().tolist()
-    if dup:
-        raise InputError(f"{path.name}: image keys appear twice ({_examples(dup)}) - one row per image")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    with registry.session() as s:
-        ds = get_dataset(s, dataset)
-        sp = get_split(s, ds, split) if split is not None else None
-        by_name: dict[str, Finding] = {}
-        for f in ds.findings:
-            by_name.setdefault(f.canonical, f)
-            by_name.setdefault(f.native, f)
-        lower = {k.lower(): v for k, v in by_name.items()}
-        mapping: dict[str, Finding] = {}
-        unknown = []
-        for c in columns:
-            if c == kcol:
-                continue
-            f = by_name.get(c) or lower.get(c.lower())
-            if f is None:
-                unknown.append(c)
-            else:
-                mapping[c] = f
-        if unknown:
-            raise InputError(
-                f"{path.name}: columns {', '.join(unknown)} are not findings of {ds.name!r} "
-                f"(findings: {', '.join(f.canonical for f in ds.findings)}) - rename them or "
-                "pick the key column with --key-col"
-            )
-        seen: dict[int, str] = {}
-        for c, f in mapping.items():
-            if f.id in seen:
-                raise InputError(f"{path.name}: columns {seen[f.id]!r} and {c!r} both name finding "
-                                 f"{f.canonical!r} - keep one")
-            seen[f.id] = c
-        probs = {}
-        for c in mapping:
-            v = pd.to_numeric(df[c].str.strip(), errors="coerce").to_numpy(dtype=float)
-            bad = np.flatnonzero(~np.isfinite(v) | (v < 0) | (v > 1))
-            if bad.size:
-                raise InputError(
-                    f"{path.name}: column {c!r} has {bad.size} values that are not probabilities in "
-                    f"[0, 1] (e.g. row {bad[0] + 2}: {df[c].iloc[bad[0]]!r}) - write one probability "
-                    "per image and finding"
-                )
-            probs[c] = v
-        id_by_key = dict(s.execute(select(Image.key, Image.id).where(Image.dataset_id == ds.id)).all())
-        missing = [k for k in keys if k not in id_by_key]
-        if missing:
-            # native paths with a release prefix (CheXpert's "CheXpert-v1.0-small/train/...")
-            # name the same image as the registered key "train/..."
-            # as do file paths of datasets keyed by an id (MIMIC "files/p10/.../<dicom_id>.jpg",
-            # VinDr "test/<image_id>.dicom"): match the file name, then its stem
-            by_name: dict[str, int | None] = {}
-            for key, iid in list(id_by_key.items()):
-                for alias in {PurePosixPath(key).name, PurePosixPath(key).stem}:
-                    by_name[alias] = None if alias in by_name and by_name[alias] != iid else iid
-            for k in missing:
-                parts = k.replace("\\", "/").split("/")
-                hit = None
-                for i in range(1, len(parts)):
-                    hit = id_by_key.get("/".join(parts[i:]))
-                    if hit is not None:
-                        break
-                if hit is None:
-                    as_path = PurePosixPath(k.replace("\\", "/"))
-                    hit = by_name.get(as_path.name) or by_name.get(as_path.stem)
-                if hit is not None:
-                    id_by_key[k] = hit
-            missing = [k for k in keys if k not in id_by_key]
-        if missing and kcol == "image_id" and all(k.isdigit() for k in keys):
-            # an image_id column may hold registry ids rather than keys
-            ids = set(s.scalars(select(Image.id).where(Image.dataset_id == ds.id)))
-            if all(int(k) in ids for k in keys):
-                id_by_key = {k: int(k) for k in keys}
-                missing = []
-        if missing:
-            raise InputError(
-                f"{path.name}: {len(missing)} image keys are not images of {ds.name!r} "
-                f"(e.g. {_examples(missing)}) - use the keys of vitmed datasets export {ds.name}, "
-                "or choose the key column with --key-col"
-            )
-        image_ids = np.array([id_by_key[k] for k in keys], dtype=np.int64)
-        # the images predict would score: frontal and labelled - not laterals
-        used = set(s.scalars(select(Image.id).where(Image.dataset_id == ds.id,
-                                                    used_images(ds.id, cached=False))))
-        no_labels = unlabelled_keys(ds)
-        keep = np.array([i in used and k not in no_labels for k, i in zip(keys, image_ids.tolist())],
-                        dtype=bool)
-        n_left_out = int((~keep).sum())
-        if n_left_out == len(keys):
-            raise InputError(
-                f"{path.name}: none of its {len(keys)} images is one vitmed evaluates (frontal, "
-                "labelled) - score the frontal images of the dataset"
-            )
-        if n_left_out:
-            keys = [k for k, ok in zip(keys, keep) if ok]
-            image_ids = image_ids[keep]
-            probs = {c: v[keep] for c, v in probs.items()}
-        if sp is not None:
-            in_part = set(s.scalars(select(SplitAssignment.image_id).where(
-                SplitAssignment.split_id == sp.id, SplitAssignment.part == part)))
-            outside = [k for k, i in zip(keys, image_ids.tolist()) if i not in in_part]
-            if outside:
-                raise InputError(
-                    f"{path.name}: {len(outside)} images are not in the {part} part of split "
-                    f"{sp.name!r} (e.g. {_examples(outside)}) - pass the right --split / --part"
-                )
-        fids = [f.id for f in mapping.values()]
-        label_rows = []
-        id_list = image_ids.tolist()
-        for i in range(0, len(id_list), 20_000):  # stay under bound-parameter limits
-            label_rows += s.execute(select(Label.image_id, Label.finding_id, Label.value).where(
-                Label.finding_id.in_(fids), Label.image_id.in_(id_list[i : i + 20_000]))).all()
-        row_of = {iid: r for r, iid in enumerate(id_list)}
-        col_of = {fid: j for j, fid in enumerate(fids)}
-        y = np.zeros((len(id_list), len(fids)))  # not mentioned = negative
-        unc = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}[uncertain]
-        for iid, fid, val in label_rows:
-            y[row_of[iid], col_of[fid]] = unc if val == -1 else float(val)
-        p = np.column_stack([probs[c] for c in mapping])
-        aucs = stats.roc_auc(y, p)
-        ev = Evaluation(
-            name=name, source="import", dataset_id=ds.id, split_id=sp.id if sp else None, part=part,
-            init_name=name, n_images=len(id_list),
-            macro_auc=float(np.nanmean(aucs)) if np.isfinite(aucs).any() else None,
-            skipped_findings=[f.canonical for f in ds.findings if f.id not in col_of],
-            uncertain_policy=uncertain,
-            config={"file": str(path.resolve()), "sha256": sha, "key_column": kcol,
-                    "columns": {c: f.canonical for c, f in mapping.items()},
-                    "n_left_out": n_left_out},
-        )
-        s.add(ev)
-        s.flush()
-        for j, f in enumerate(mapping.values()):
-            col = y[:, j]
-            s.add(EvaluationMetric(
-                evaluation_id=ev.id, finding=f.canonical,
-                auc=float(aucs[j]) if np.isfinite(aucs[j]) else None,
-                n_positive=int((col == 1).sum()), n_negative=int((col == 0).sum()),
-            ))
-        rows = [
-            {"evaluation_id": ev.id, "image_id": iid, "finding_id": fid,
-             "probability": float(p[r, j]), "label": None if np.isnan(y[r, j]) else int(y[r, j])}
-            for r, iid in enumerate(id_list) for j, fid in enumerate(fids)
-        ]
-        for i in range(0, len(rows), 50_000):
-            s.execute(insert(Prediction), rows[i : i + 50_000])
-        return {
-            "evaluation_id": ev.id, "name": name, "dataset": ds.name,
-            "split": sp.name if sp else None, "part": part, "n_images": len(id_list),
-            "macro_auc": ev.macro_auc, "uncertain_policy": uncertain,
-            "findings": {f.canonical: (float(aucs[j]) if np.isfinite(aucs[j]) else None)
-                         for j, f in enumerate(mapping.values())},
-            "skipped_findings": ev.skipped_findings,
-            "n_left_out": n_left_out,
-        }
 
 
 def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -662,6 +394,5 @@ def comparison_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "Aligned", "EvalArrays", "align_evaluations", "compare", "comparison_rows", "import_evaluation",
-    "load_evaluation_arrays",
+    "Aligned", "EvalArrays", "align_evaluations", "compare", "comparison_rows", "load_evaluation_arrays",
 ]

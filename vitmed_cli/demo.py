@@ -19,14 +19,21 @@ explored with ``vitmed --db DIR/registry.db runs list`` and friends.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .compare import compare
+from .datasets.ingest import ingest_dataset
 from .errors import ConfigError
+from .evaluations import predict
+from .events import Listener, notice
 from .registry.db import Registry, open_registry
+from .report import create_report
+from .splits import make_split
+from .training import finetune
+from .weights import pretrain_load
 
 SOURCE, TARGET = "demo-source", "demo-target"
 SOURCE_INIT = "demo-source-supervised"
@@ -85,62 +92,50 @@ class DemoResult:
         return asdict(self)
 
 
-def _step(notify: Callable[[str], None] | None, text: str) -> None:
-    if notify is not None:
-        notify(text)
-
-
 def run_demo(
     out_dir: Path,
     settings: DemoSettings | None = None,
     *,
     dinov2_file: Path | None = None,
-    progress: bool = True,
-    notify: Callable[[str], None] | None = None,
+    on_event: Listener | None = None,
 ) -> DemoResult:
-    """Run the miniature study in ``out_dir`` (a fresh registry and workspace there)."""
-    from .compare import compare
-    from .datasets import ingest_dataset
-    from .predict import predict
-    from .report import create_report
-    from .splits import make_split
-    from .train import finetune
-    from .weights import pretrain_load
+    """Run the miniature study in ``out_dir`` (a fresh registry and workspace there).
 
+    ``on_event`` receives each step as a notice and the progress of long work.
+    """
     s = settings or DemoSettings()
     out_dir = Path(out_dir).expanduser().resolve()
     db_file = out_dir / "registry.db"
     if db_file.exists():
         raise ConfigError(
             f"{db_file} already exists - the demo starts from a fresh registry: "
-            "choose another --out folder or delete that one"
+            "choose another `out` folder or delete that one"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     # Checkpoints, cache and report go under the demo folder, next to its registry.
-    os.environ["VITMED_HOME"] = str(out_dir)
     url = f"sqlite:///{db_file}"
-    registry: Registry = open_registry(url)
+    registry: Registry = open_registry(url, home=out_dir)
     started = time.perf_counter()
     common = dict(arch=s.arch, image_size=s.image_size, batch_size=s.batch_size, lr=s.lr,
                   scheduler=s.scheduler, max_rotation=s.max_rotation,
-                  seed=s.seed, device="auto", model_kwargs=dict(s.model_kwargs), progress=progress)
+                  seed=s.seed, device="auto", model_kwargs=dict(s.model_kwargs), on_event=on_event)
     try:
-        _step(notify, "1/5 ingest two synthetic datasets and split them by patient")
+        notice(on_event, "1/5 ingest two synthetic datasets and split them by patient")
         for name, flavour, n, seed in ((SOURCE, "source", s.n_source, s.seed),
                                        (TARGET, "target", s.n_target, s.seed + 1)):
             ingest_dataset(registry, "synthetic", out_dir / "data" / name, name=name,
                            image_size=s.image_size, n_images=n, seed=seed, flavour=flavour,
-                           progress=progress)
+                           on_event=on_event)
         make_split(registry, SOURCE, val=0.15, test=0.15, seed=s.seed, name="demo")
         make_split(registry, TARGET, val=s.target_val, test=s.target_test, seed=s.seed, name="demo")
 
-        _step(notify, "2/5 fine-tune on the source and register it as an initialisation")
+        notice(on_event, "2/5 fine-tune on the source and register it as an initialisation")
         src = finetune(registry, dataset=SOURCE, init="random", split="demo",
                        epochs=s.source_epochs, **{**common, "lr": s.source_lr})
         _require_completed(src)
         pretrain_load(registry, f"run:{src.run_id}", name=SOURCE_INIT)
 
-        _step(notify, "3/5 fine-tune on the target from each initialisation")
+        notice(on_event, "3/5 fine-tune on the target from each initialisation")
         inits = ["random", SOURCE_INIT]
         if dinov2_file is not None:
             pretrain_load(registry, "dinov2", file=dinov2_file)
@@ -156,15 +151,15 @@ def run_demo(
             _require_completed(res)
             runs[init] = res.run_id
 
-        _step(notify, "4/5 predict the target test part and compare the initialisations")
+        notice(on_event, "4/5 predict the target test part and compare the initialisations")
         evals = {init: predict(registry, run_id=rid, part="test").evaluation_id
                  for init, rid in runs.items()}
         result = compare(registry, dataset=TARGET, inits=inits,
-                         n_resamples=s.n_resamples, seed=s.seed)
+                         n_resamples=s.n_resamples, seed=s.seed, on_event=on_event)
 
-        _step(notify, "5/5 write the report")
+        notice(on_event, "5/5 write the report")
         written = create_report(registry, out_dir / "report.html", fmt="html",
-                                n_resamples=s.n_resamples, seed=s.seed)
+                                n_resamples=s.n_resamples, seed=s.seed, on_event=on_event)
         return DemoResult(
             out_dir=str(out_dir), registry_url=url, report_path=str(written.path),
             source_run_id=src.run_id, target_run_ids=runs, evaluation_ids=evals,

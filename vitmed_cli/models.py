@@ -1,10 +1,12 @@
-"""The model factory: a timm architecture, its registered starting weights, a new head.
+"""The model factory: a timm architecture, a state dict to start from, a new head.
 
 :func:`create_model` builds the timm model (``pretrained=False``: it never
-downloads), loads the :class:`~vitmed_cli.weights.InitSpec` weights with strict
-key checks (only the classifier head may differ), replaces the head for the
-number of findings and adapts the position embeddings to the training image
-size.  It returns the model and a dict saying what was done, for the run's record.
+downloads), loads a given state dict with strict key checks (only the
+classifier head may differ), replaces the head for the number of findings and
+adapts the position embeddings to the training image size.  It returns the
+model and a dict saying what was done, for the run's record.  It knows nothing
+of the registry: :func:`vitmed_cli.weights.create_model_from_init` reads a
+registered initialisation and hands its tensors here.
 
 :func:`check_weights` is the same fitting on a ``meta``-device model (no memory,
 no initialisation), used by ``pretrain-load`` before anything is registered.
@@ -20,12 +22,11 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._util import first_line
 from .errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from .weights import InitSpec
 
 # Keys a checkpoint may lack without being the wrong architecture.
 _OPTIONAL_MISSING_SUFFIXES = ("num_batches_tracked",)
@@ -75,8 +76,8 @@ def _build(arch: str, *, img_size: int | None = None, **kwargs: Any) -> "torch.n
         shown = {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_chans")}
         raise WeightsError(
             f"cannot build {arch} with {shown or 'its defaults'}"
-            f"{f' at {img_size} px' if img_size else ''}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
-            " - check --arch and --model-kwargs"
+            f"{f' at {img_size} px' if img_size else ''}: {first_line(exc)}"
+            " - check `arch` and `model_kwargs`"
         ) from exc
 
 
@@ -145,7 +146,7 @@ def fit_state_dict(
     embeddings, input channels).  Missing, unexpected or mis-shaped keys other
     than the classifier head raise :class:`WeightsError` listing them.
     """
-    from timm.models._manipulate import adapt_input_conv
+    from timm.models import adapt_input_conv
 
     arch = arch or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     sd = dict(state_dict)
@@ -159,7 +160,7 @@ def fit_state_dict(
     if pe in sd and pe in target and sd[pe].ndim == 4 and sd[pe].shape[-2:] != target[pe].shape[-2:]:
         raise WeightsError(
             f"{file_label} has {tuple(sd[pe].shape[-2:])} patches but {arch} uses "
-            f"{tuple(target[pe].shape[-2:])} - pass the matching --arch"
+            f"{tuple(target[pe].shape[-2:])} - use the matching `arch`"
         )
     raw_pos = sd.get("pos_embed")
     fn = _filter_fn(model)
@@ -170,8 +171,8 @@ def fit_state_dict(
             fam = _family(raw_keys)
             raise WeightsError(
                 f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__} "
-                "- pass the matching --arch (and --model-kwargs for a resized model)"
+                f"{first_line(exc)} "
+                "- use the matching `arch` (and `model_kwargs` for a resized model)"
             ) from exc
     ignored = sorted(set(raw_keys) - set(sd) - {k for k in raw_keys if _is_head(k, names)})
 
@@ -194,10 +195,11 @@ def fit_state_dict(
         and not (drop_head and _is_head(k, names))
         and not k.endswith(_OPTIONAL_MISSING_SUFFIXES)
     ]
-    unexpected = [k for k in sd if k not in target]
+    # listed by name: the order of a file's keys depends on its format
+    unexpected = sorted(k for k in sd if k not in target)
     mismatched = [
         f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
-        for k in sd
+        for k in sorted(sd)
         if k in target and tuple(sd[k].shape) != tuple(target[k].shape)
     ]
     if missing or unexpected or mismatched:
@@ -212,7 +214,7 @@ def fit_state_dict(
         raise WeightsError(
             f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
             + "; ".join(parts)
-            + " - pass the matching --arch (and --model-kwargs for a resized model); nothing was loaded"
+            + " - use the matching `arch` (and `model_kwargs` for a resized model); nothing was loaded"
         )
 
     info["loaded_keys"] = len(sd)
@@ -276,37 +278,30 @@ def check_weights(
 
 
 def create_model(
-    arch: str | None,
+    arch: str,
     num_findings: int,
     image_size: int,
-    init: "InitSpec | None" = None,
+    state_dict: dict[str, "torch.Tensor"] | None = None,
+    *,
+    drop_head: bool = True,
     in_chans: int = 3,
+    file_label: str = "the weights file",
     **model_kwargs: Any,
 ) -> tuple["torch.nn.Module", dict[str, Any]]:
-    """Build ``arch`` for ``num_findings`` outputs at ``image_size`` px, starting from ``init``.
+    """Build ``arch`` for ``num_findings`` outputs at ``image_size`` px, starting from ``state_dict``.
 
-    ``arch`` None means the init's architecture.  ``model_kwargs`` (e.g.
-    ``depth=2, embed_dim=64, num_heads=2, patch_size=8``) pass to timm; those
-    registered with the checkpoint apply first.  The file's sha256 is checked
-    against the registry before loading.
+    ``model_kwargs`` (e.g. ``depth=2, embed_dim=64, num_heads=2, patch_size=8``)
+    pass to timm.  Without ``state_dict`` the model keeps timm's random
+    initialisation; with one, every key but the classifier head (``drop_head``)
+    must fit (see :func:`fit_state_dict`).
     """
-    from .weights import read_state_dict, verify_sha256
-
-    if arch is None:
-        if init is None:
-            raise WeightsError("create_model needs an architecture or an initialisation")
-        arch = init.arch
     if num_findings < 1:
         raise WeightsError(f"a model needs at least one finding to predict, got {num_findings}")
-    has_weights = init is not None and init.path is not None
-    kwargs = {**(dict(init.model_kwargs) if has_weights else {}), **model_kwargs}
+    kwargs = dict(model_kwargs)
     kwargs.pop("img_size", None)
     model = _build(arch, img_size=image_size, num_classes=num_findings, in_chans=in_chans, **kwargs)
     info: dict[str, Any] = {
         "arch": arch,
-        "init": init.name if init is not None else "random",
-        "checkpoint_id": init.checkpoint_id if init is not None else None,
-        "sha256": init.sha256 if init is not None else None,
         "image_size": image_size,
         "in_chans": in_chans,
         "num_findings": num_findings,
@@ -315,12 +310,9 @@ def create_model(
         "head": "new",
         "pos_embed": "new" if getattr(model, "pos_embed", None) is not None else None,
     }
-    if not has_weights:
+    if state_dict is None:
         return model, info
-    verify_sha256(init)
-    state = read_state_dict(init.path)
-    label = f"the weights file of {init.name} ({init.path})"
-    sd, fit = fit_state_dict(state, model, drop_head=init.drop_head, file_label=label, arch=arch)
+    sd, fit = fit_state_dict(state_dict, model, drop_head=drop_head, file_label=file_label, arch=arch)
     model.load_state_dict(sd, strict=False)
     if "in_chans" in fit:
         fit["in_chans_adapted"] = fit.pop("in_chans")
@@ -328,11 +320,8 @@ def create_model(
     return model, info
 
 
-__all__ = ["WeightsCheck", "check_arch_name", "check_weights", "create_model", "fit_state_dict"]
-
-
 def parse_model_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
-    """``--model-kwargs`` (a JSON object, or already a dict) as a dict; a clear error otherwise."""
+    """``model_kwargs`` (a JSON object, or already a dict) as a dict; a clear error otherwise."""
     if value is None or value == "":
         return {}
     if isinstance(value, str):
@@ -340,11 +329,17 @@ def parse_model_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ConfigError(
-                f"--model-kwargs is not valid JSON ({exc.msg}) - write an object, e.g. "
+                f"`model_kwargs` is not valid JSON ({exc.msg}) - write an object, e.g. "
                 '\'{"depth": 2, "embed_dim": 64, "num_heads": 2, "patch_size": 8}\''
             ) from exc
     if not isinstance(value, dict):
         raise ConfigError(
-            '--model-kwargs must be a JSON object, e.g. \'{"depth": 2, "embed_dim": 64}\''
+            '`model_kwargs` must be a JSON object, e.g. \'{"depth": 2, "embed_dim": 64}\''
         )
     return dict(value)
+
+
+__all__ = [
+    "WeightsCheck", "check_arch_name", "check_weights", "create_model", "fit_state_dict",
+    "parse_model_kwargs",
+]

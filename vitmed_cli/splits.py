@@ -11,6 +11,9 @@ of its positive images per finding; the finding with the fewest unassigned
 patients is served first, each of its patients goes to the part that still
 lacks most positives of that finding (ties: the part that lacks most images,
 then the seeded generator).  Patients without positives fill the parts by size.
+
+One module on purpose (about 540 lines): making, checking, storing, exporting and
+importing a split all share the one leakage rule and the stored layout.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, insert, select
 
-from .catalog import get_dataset, get_split, used_images
+from .registry.queries import get_dataset, get_split, used_images
 from .errors import AlreadyExists, ConfigError, InputError, RefusedError
 from .registry.db import Registry
 from .registry.models import (
@@ -94,8 +97,8 @@ def check_fractions(val: float, test: float) -> None:
     """Refuse fractions that cannot make a split."""
     if not (0.0 <= val < 1.0 and 0.0 <= test < 1.0 and val + test < 1.0):
         raise ConfigError(
-            f"--val and --test must each be >= 0 and add up to less than 1 "
-            f"(got --val {val:g} --test {test:g}) - e.g. --val 0.1 --test 0.2"
+            f"`val` and `test` must each be >= 0 and add up to less than 1 "
+            f"(got `val` {val:g} `test` {test:g}) - e.g. `val` 0.1 `test` 0.2"
         )
 
 
@@ -194,15 +197,15 @@ def _drop_existing(session, ds: Dataset, name: str, replace: bool) -> None:
         return
     if not replace:
         raise AlreadyExists(
-            f"dataset {ds.name!r} already has a split named {name!r} - choose another --name "
-            "or pass --replace to overwrite it"
+            f"dataset {ds.name!r} already has a split named {name!r} - choose another `name` "
+            "or pass `replace` to overwrite it"
         )
     n_runs = session.scalar(select(func.count()).where(Run.split_id == old.id))
     n_evals = session.scalar(select(func.count()).where(Evaluation.split_id == old.id))
     if n_runs or n_evals:
         raise RefusedError(
             f"split {name!r} of dataset {ds.name!r} is used by {n_runs} run(s) and {n_evals} "
-            "evaluation(s) and cannot be replaced - choose another --name"
+            "evaluation(s) and cannot be replaced - choose another `name`"
         )
     session.execute(delete(SplitAssignment).where(SplitAssignment.split_id == old.id))
     session.delete(old)
@@ -449,7 +452,7 @@ def import_split(
     try:
         text = file.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise InputError(f"split file {file} does not exist - check the --import path") from None
+        raise InputError(f"split file {file} does not exist - check the `import` path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read split file {file}: {exc} - it must be a UTF-8 CSV") from None
     reader = csv.DictReader(io.StringIO(text))

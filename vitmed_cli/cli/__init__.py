@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import VitmedError
-from ._common import AppState, state
+from ._common import AppState, cli_message, state
 
 
 def _debug_wanted(ctx) -> bool:
@@ -30,7 +30,7 @@ class VitmedGroup(TyperGroup):
         except VitmedError as exc:
             if _debug_wanted(ctx):
                 raise
-            typer.echo(f"Error: {exc}", err=True)
+            typer.echo(f"Error: {cli_message(str(exc), self)}", err=True)
             raise typer.Exit(1) from None
         finally:
             obj = ctx.obj

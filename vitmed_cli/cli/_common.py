@@ -1,19 +1,31 @@
-"""Shared CLI plumbing: app state, output options and renderers."""
+"""Shared CLI plumbing: app state, output options, renderers, and library events as rich output.
+
+The library never prints: it reports progress and notices through an ``on_event``
+callable (:mod:`vitmed_cli.events`).  :class:`EventPrinter` is that callable for
+the CLI: progress becomes rich progress bars on stderr, notices become stderr
+lines.  Library error messages name parameters in backticks (`batch_size`);
+:func:`cli_message` turns them into this CLI's flags (--batch-size).
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Sequence
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from .._util import finite_or_none
 from ..choices import Part  # noqa: F401 - shared by the commands
+from ..events import Event, Notice, Progress
 from ..registry.db import Registry, open_registry
 
 def _console(stderr: bool = False) -> Console:
@@ -66,8 +78,8 @@ def want_json(ctx: typer.Context, flag: bool) -> bool:
 
 
 def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        return finite_or_none(value)
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -89,12 +101,119 @@ def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return "-"
-        return f"{value:.{digits}f}"
+        value = finite_or_none(value)
+        return "-" if value is None else f"{value:.{digits}f}"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
+
+
+class EventPrinter:
+    """Library events as rich output on stderr: a progress bar per task, a line per notice.
+
+    ``progress=False`` shows no bars; ``quiet`` also hides ``detail`` notices (epoch
+    lines); steps and warnings always print.  The bars refresh on events, at most ten times a second, with no
+    refresh thread (ingest forks worker processes while a bar is shown).
+    """
+
+    def __init__(self, *, progress: bool = True, quiet: bool = False,
+                 console: Console | None = None):
+        self.console = console or err_console
+        self.show_progress = progress and not quiet and self.console.is_terminal
+        self.quiet = quiet
+        self._bar = None
+        self._tasks: dict[str, Any] = {}
+        self._last = 0.0
+
+    def __enter__(self) -> "EventPrinter":
+        if self.show_progress:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bars
+
+            self._bar = Bars(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=True, auto_refresh=False,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        self._tasks.clear()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Notice):
+            self.notice(event)
+        elif isinstance(event, Progress) and self._bar is not None:
+            self.advance(event)
+
+    def notice(self, event: Notice) -> None:
+        if event.level == "warning":
+            line = Text("warning: ", style="yellow") + Text(event.text)
+        elif event.level == "detail" and self.quiet:
+            return
+        else:
+            line = Text(event.text)
+        target = self._bar.console if self._bar is not None else self.console
+        target.print(line, soft_wrap=True, highlight=False)
+
+    def advance(self, event: Progress) -> None:
+        bar = self._bar
+        task = self._tasks.get(event.task)
+        if task is None:
+            if event.finished:
+                return
+            task = self._tasks[event.task] = bar.add_task(
+                escape(event.task), total=event.total, note=escape(event.note))
+        bar.update(task, completed=event.done, total=event.total, note=escape(event.note))
+        if event.finished:
+            bar.remove_task(task)
+            del self._tasks[event.task]
+        now = time.monotonic()
+        if event.finished or now - self._last > 0.1:
+            self._last = now
+            bar.refresh()
+
+
+def _all_options(command) -> dict[str, str]:
+    """Every option of the CLI, as {flag: flag} and {parameter name: first flag}."""
+    out: dict[str, str] = {}
+    stack = [command]
+    while stack:
+        cmd = stack.pop()
+        for param in getattr(cmd, "params", []):
+            flags = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+            if flags:
+                out.setdefault(param.name, flags[0])
+                for flag in flags:
+                    out[flag] = flag
+        stack.extend(getattr(cmd, "commands", {}).values())
+    return out
+
+
+_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def cli_message(message: str, command) -> str:
+    """A library message in this CLI's words: `batch_size` becomes --batch-size where the CLI
+    has that option (by flag spelling first, then by parameter name); other backticks drop."""
+    options = _all_options(command)
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        dashed = "--" + name.replace("_", "-")
+        return options.get(dashed) or options.get(name) or name
+
+    return _PARAM.sub(flag, message)
 
 
 def print_table(
@@ -107,25 +226,26 @@ def print_table(
     """A rich table of ``rows``; ``columns`` are keys or (key, header) pairs."""
     cols = [(c, c) if isinstance(c, str) else c for c in columns]
     if not rows:
-        console.print(f"[dim]{title + ': ' if title else ''}{empty}[/dim]")
+        console.print(Text(f"{title + ': ' if title else ''}{empty}", style="dim"))
         return
-    table = Table(title=title, show_lines=False)
+    # Text cells and titles: user strings ("study [v2]", "[/]") are shown as written, never as markup
+    table = Table(title=Text(title) if title else None, show_lines=False)
     for _key, header in cols:
-        # wrap rather than cut: piped output is 80 columns wide, and a cut value is a lost one
-        table.add_column(header, overflow="fold")
+        # wrap rather than cut: a cut value is a lost one
+        table.add_column(Text(header), overflow="fold")
     for row in rows:
-        table.add_row(*[fmt(row.get(key)) for key, _ in cols])
+        table.add_row(*[Text(fmt(row.get(key))) for key, _ in cols])
     console.print(table)
 
 
 def print_record(record: dict[str, Any], *, title: str | None = None) -> None:
-    table = Table(title=title, show_header=False)
+    table = Table(title=Text(title) if title else None, show_header=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for key, value in record.items():
         if isinstance(value, (dict, list)):
             value = json.dumps(_clean(value))
-        table.add_row(key, fmt(value))
+        table.add_row(Text(key), Text(fmt(value)))
     console.print(table)
 
 
@@ -138,4 +258,4 @@ def confirm_delete(ctx: typer.Context, yes: bool, question: str, delete, json_ou
     if want_json(ctx, json_out):
         print_json(out)
     else:
-        console.print(done.format(**out))
+        console.print(Text(done.format(**out)))

@@ -8,18 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .._util import format_p as _p
+from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES
 from ..errors import InputError
 from ..registry.models import MACRO
-from ._common import Part, JsonOpt, console, err_console, fmt, print_json, state, want_json
-
-
-def _p(value) -> str:
-    if value is None:
-        return "-"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
+from ._common import EventPrinter, JsonOpt, Part, console, fmt, print_json, state, want_json
 
 
 def _render(result: dict) -> None:
@@ -102,7 +97,7 @@ def compare(
     eval_ids: Annotated[Optional[list[int]], typer.Option("--eval", help="An evaluation id. Repeat; may be mixed with --run (runs are listed first, as A).")] = None,
     run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="A run id (its latest evaluation on --part). Repeat.")] = None,
     part: Annotated[Part, typer.Option(help="Split part the evaluations were made on.")] = Part.test,
-    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples.")] = 1000,
+    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples.")] = DEFAULT_RESAMPLES,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     intersect: Annotated[bool, typer.Option(
         "--intersect", help="Compare on the images both evaluations hold (and leave out disputed labels) "
@@ -111,7 +106,7 @@ def compare(
         "--all-seeds", help="With --init: take every seed's latest evaluation and compare per pair, "
         "seed s of A against seed s of B (not pooled); an init with one evaluation meets every seed. "
         "FDR runs over all those pairs.")] = False,
-    alpha: Annotated[float, typer.Option(help="Significance level for the 'better' column (FDR-adjusted p).")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Significance level for the 'better' column (FDR-adjusted p).")] = DEFAULT_ALPHA,
     csv_out: Annotated[Optional[str], typer.Option(
         "--csv", help="Also write the rows as CSV to FILE ('-' = stdout instead of the table).")] = None,
     json_out: JsonOpt = False,
@@ -161,15 +156,7 @@ def compare(
 
 def _run(registry, **kwargs) -> dict:
     """compare_lib.compare with progress bars on stderr."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+    from .. import compare as compare_lib
 
-        def progress(label: str, done: int, total: int) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done)
-
-        from .. import compare as compare_lib
-
-        return compare_lib.compare(registry, progress=progress, **kwargs)
+    with EventPrinter() as on_event:
+        return compare_lib.compare(registry, on_event=on_event, **kwargs)

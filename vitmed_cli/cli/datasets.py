@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -59,9 +60,9 @@ def export(
 
     Example: vitmed datasets export vindr --out vindr_labels.csv
     """
-    from ..datasets import export_labels
+    from ..datasets.export import export_labels
 
-    export_labels(state(ctx).registry(), name, out)
+    export_labels(state(ctx).registry(), name, out if out is not None else sys.stdout)
 
 
 @app.command("delete")

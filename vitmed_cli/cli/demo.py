@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..demo import DemoSettings, run_demo
-from ._common import JsonOpt, console, err_console, print_json, want_json
+from ._common import EventPrinter, JsonOpt, console, err_console, print_json, want_json
 
 
 def demo(
@@ -45,9 +45,8 @@ def demo(
     as_json = want_json(ctx, json_out)
     settings = DemoSettings.smallest() if smallest else DemoSettings()
     settings = DemoSettings(**{**settings.__dict__, "seed": seed})
-    say = (lambda text: err_console.print(f"[bold cyan]{text}[/bold cyan]")) if as_json else \
-        (lambda text: console.print(f"\n[bold cyan]{text}[/bold cyan]"))
-    result = run_demo(out, settings, dinov2_file=dinov2_file, progress=True, notify=say)
+    with EventPrinter(console=err_console if as_json else console) as on_event:
+        result = run_demo(out, settings, dinov2_file=dinov2_file, on_event=on_event)
     if as_json:
         print_json(result.to_dict())
         return

@@ -71,9 +71,9 @@ def import_(
 
     Example: vitmed evals import external.csv --dataset vindr --split default --name chexnet
     """
-    from .. import compare as compare_lib
+    from ..evaluations import import_evaluation
 
-    out = compare_lib.import_evaluation(
+    out = import_evaluation(
         state(ctx).registry(), file, dataset=dataset, name=name, split=split, part=part.value,
         key_col=key_col, uncertain=uncertain.value,
     )

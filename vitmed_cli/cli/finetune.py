@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
 from .. import choices
-from ..choices import UncertainPolicy
+from ..choices import Device, Scheduler, UncertainPolicy
 from ..errors import ConfigError
 from ..models import parse_model_kwargs
-from ._common import JsonOpt, console, err_console, print_json, print_table, state, want_json
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Scheduler(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
+from ._common import EventPrinter, JsonOpt, console, err_console, print_json, print_table, state, want_json
 
 
 def _names(raw: str | None) -> list[str] | None:
@@ -68,7 +56,7 @@ def finetune(
         "Default: refuse any finding without one.")] = None,
     resume: Annotated[Optional[int], typer.Option(
         "--resume", metavar="RUN_ID", help="Continue an interrupted or crashed run exactly where it stopped.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines (warnings still show).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fine-tune a ViT on a dataset's training part; validation AUC every epoch, best epoch kept.
@@ -81,28 +69,25 @@ def finetune(
     as_json = want_json(ctx, json_out)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     registry = state(ctx).registry()
-    progress = not quiet and main_rank
-    if resume is not None:
-        from .. import train
+    if resume is None and not dataset:
+        raise ConfigError("--dataset is required (or --resume RUN_ID) - see vitmed datasets list")
+    from .. import training
 
-        result = train.resume(registry, resume, epochs=epochs,
-                              device=None if device is Device.auto else device.value,
-                              progress=progress)
-    else:
-        if not dataset:
-            raise ConfigError("--dataset is required (or --resume RUN_ID) - see vitmed datasets list")
-        from .. import train
-
-        result = train.finetune(
-            registry, dataset=dataset, init=init, split=split, arch=arch, image_size=image_size,
-            epochs=epochs if epochs is not None else choices.DEFAULT_EPOCHS, batch_size=batch_size,
-            lr=lr, weight_decay=weight_decay, seed=seed, device=device.value,
-            uncertain=uncertain.value, early_stop=early_stop, num_workers=num_workers,
-            compile=compile_model, progress=progress, model_kwargs=parse_model_kwargs(model_kwargs),
-            scheduler=scheduler.value,
-            findings=_names(findings), min_positives=min_positives,
-            warn=lambda m: err_console.print(f"warning: {m}", highlight=False, soft_wrap=True),
-        )
+    with EventPrinter(progress=main_rank, quiet=quiet) as on_event:
+        if resume is not None:
+            result = training.resume(registry, resume, epochs=epochs,
+                                     device=None if device is Device.auto else device.value,
+                                     on_event=on_event)
+        else:
+            result = training.finetune(
+                registry, dataset=dataset, init=init, split=split, arch=arch, image_size=image_size,
+                epochs=epochs if epochs is not None else choices.DEFAULT_EPOCHS, batch_size=batch_size,
+                lr=lr, weight_decay=weight_decay, seed=seed, device=device.value,
+                uncertain=uncertain.value, early_stop=early_stop, num_workers=num_workers,
+                compile=compile_model, model_kwargs=parse_model_kwargs(model_kwargs),
+                scheduler=scheduler.value, findings=_names(findings), min_positives=min_positives,
+                on_event=on_event,
+            )
     if not main_rank:
         return
     out = {

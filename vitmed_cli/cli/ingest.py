@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from ._common import JsonOpt, console, print_json, print_record, state, want_json
-
-
-class IngestFormat(str, Enum):
-    """Dataset layouts that ``vitmed ingest`` reads."""
-
-    vindr = "vindr"
-    chexpert = "chexpert"
-    mimic = "mimic"
-    cxr14 = "cxr14"
-    padchest = "padchest"
-    csv = "csv"
-    synthetic = "synthetic"
-
-
-class LabelPolicy(str, Enum):
-    """How VinDr-CXR's three radiologists are combined."""
-
-    majority = "majority"
-    any = "any"
-
-
-class Flavour(str, Enum):
-    """Which of the two related synthetic datasets to write."""
-
-    source = "source"
-    target = "target"
+from ..choices import DEFAULT_IMAGE_SIZE, Flavour, LabelPolicy
+from ..choices import Format as IngestFormat
+from ._common import EventPrinter, JsonOpt, console, print_json, print_record, state, want_json
 
 
 def ingest(
@@ -49,7 +25,7 @@ def ingest(
         ),
     ],
     name: Annotated[str, typer.Option("--name", "-n", help="Name to register the dataset under.", show_default=False)],
-    image_size: Annotated[int, typer.Option("--image-size", help="Side of the square cache images, pixels.")] = 224,
+    image_size: Annotated[int, typer.Option("--image-size", help="Side of the square cache images, pixels.")] = DEFAULT_IMAGE_SIZE,
     workers: Annotated[
         Optional[int], typer.Option("--workers", "-w", help="Decoding processes (default: all CPUs).", show_default=False)
     ] = None,
@@ -85,25 +61,26 @@ def ingest(
 
     Example: vitmed ingest vindr ~/data/vindr-cxr/1.0.0 --name vindr --image-size 224
     """
-    from ..datasets import ingest_dataset
+    from ..datasets.ingest import ingest_dataset
 
-    summary = ingest_dataset(
-        state(ctx).registry(),
-        fmt.value,
-        path,
-        name=name,
-        image_size=image_size,
-        workers=workers,
-        label_policy=label_policy.value if label_policy else None,
-        progress=not no_progress,
-        path_col=path_col,
-        patient_col=patient_col,
-        view_col=view_col,
-        findings=findings,
-        n_images=n_images,
-        seed=seed,
-        flavour=flavour.value if flavour else None,
-    )
+    with EventPrinter(progress=not no_progress) as on_event:
+        summary = ingest_dataset(
+            state(ctx).registry(),
+            fmt.value,
+            path,
+            name=name,
+            image_size=image_size,
+            workers=workers,
+            on_event=on_event,
+            label_policy=label_policy.value if label_policy else None,
+            path_col=path_col,
+            patient_col=patient_col,
+            view_col=view_col,
+            findings=findings,
+            n_images=n_images,
+            seed=seed,
+            flavour=flavour.value if flavour else None,
+        )
     out = summary.to_dict()
     if want_json(ctx, json_out):
         print_json(out)
@@ -113,6 +90,6 @@ def ingest(
     out["unmapped_findings"] = ", ".join(out["unmapped_findings"]) or "-"
     print_record(out, title=f"ingested {name}")
     for note in notes:
-        console.print(f"[dim]note:[/dim] {note}")
+        console.print(Text("note: ", style="dim") + Text(note))
     for err in errors:
-        console.print(f"[yellow]unreadable[/yellow] {err['key']}: {err['error']}")
+        console.print(Text("unreadable ", style="yellow") + Text(f"{err['key']}: {err['error']}"))

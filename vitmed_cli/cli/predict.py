@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from ..choices import DEFAULT_PREDICT_BATCH
-from ._common import Part, JsonOpt, console, print_json, print_table, state, want_json
-from .finetune import Device
-
-
-class Role(str, Enum):
-    best = "best"
-    last = "last"
+from ..choices import DEFAULT_PREDICT_BATCH, Device
+from ..choices import RunRole as Role
+from ._common import JsonOpt, Part, console, print_json, print_table, state, want_json
 
 
 def predict(
@@ -36,9 +30,9 @@ def predict(
 
     Example: vitmed predict --run 3 --part test --json
     """
-    from .. import predict as predict_lib
+    from ..evaluations import predict as predict_lib
 
-    result = predict_lib.predict(
+    result = predict_lib(
         state(ctx).registry(), run_id=run, dataset=dataset, split=split, part=part.value,
         checkpoint=checkpoint.value, batch_size=batch_size, device=device.value, name=name,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .. import weights
 from ._common import JsonOpt, err_console, print_json, print_record, state, want_json
@@ -77,7 +78,8 @@ def pretrain_load(
     with err_console.status("reading weights") as status:
         result = weights.pretrain_load(
             registry, init, file=file, arch=arch, name=name, model_kwargs=model_kwargs,
-            allow_network=allow_network, notify=lambda msg: status.update(msg),
+            allow_network=allow_network,
+            on_event=lambda event: status.update(escape(getattr(event, "text", ""))),
         )
     title = (
         f"already registered as checkpoint {result.checkpoint_id}"

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
-from ._common import JsonOpt, console, err_console, print_json, state, want_json
-
-
-class ReportFormat(str, Enum):
-    html = "html"
-    md = "md"
+from ..choices import DEFAULT_RESAMPLES, ReportFormat
+from ._common import EventPrinter, JsonOpt, console, print_json, state, want_json
 
 
 def report(
@@ -34,7 +30,7 @@ def report(
     ] = None,
     resamples: Annotated[
         int, typer.Option("--resamples", min=1, help="Bootstrap resamples for mean ± SD and 95% CI of AUC.")
-    ] = 1000,
+    ] = DEFAULT_RESAMPLES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -46,24 +42,13 @@ def report(
 
     registry = state(ctx).registry()
     options = dict(fmt=fmt.value if fmt else None, datasets=dataset, n_resamples=resamples, seed=seed)
-    if not err_console.is_terminal:
-        written = create_report(registry, out, **options)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=err_console, transient=True) as bar:
-            task = bar.add_task("report", total=None)
-
-            def progress(label: str, done: int, total: int) -> None:
-                bar.update(task, description=label, completed=done, total=total)
-
-            written = create_report(registry, out, progress=progress, **options)
+    with EventPrinter() as on_event:
+        written = create_report(registry, out, on_event=on_event, **options)
     if want_json(ctx, json_out):
         print_json(written.to_dict())
         return
     console.print(
-        f"wrote {written.path} ({written.format}: {len(written.datasets)} dataset(s), "
-        f"{written.n_tables} tables, {written.n_figures} figures)",
+        Text(f"wrote {written.path} ({written.format}: {len(written.datasets)} dataset(s), "
+             f"{written.n_tables} tables, {written.n_figures} figures)"),
         soft_wrap=True,
     )

@@ -21,7 +21,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..config import registry_url
+from .._util import first_line
+from ..config import Workspace, get_workspace, registry_url
 from ..errors import ConfigError, RefusedError, RegistryUnavailable, SchemaError, VitmedError
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -60,7 +61,7 @@ def create_registry_engine(url: str) -> Engine:
     except ArgumentError as exc:
         raise ConfigError(
             f"invalid registry URL {url!r} - use sqlite:///PATH or "
-            "postgresql+psycopg://USER:PASSWORD@HOST/DB (--db or VITMED_DB_URL)"
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB (`db` or VITMED_DB_URL)"
         ) from exc
     kwargs: dict = {"future": True}
     if parsed.get_backend_name() == "sqlite":
@@ -70,7 +71,7 @@ def create_registry_engine(url: str) -> Engine:
             if not folder.is_dir():
                 raise ConfigError(
                     f"registry folder {folder} does not exist - create it or choose "
-                    "another --db / VITMED_DB_URL"
+                    "another `db` / VITMED_DB_URL"
                 )
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
     else:
@@ -161,11 +162,20 @@ def schema_state(engine: Engine) -> SchemaState:
 
 
 class Registry:
-    """An open registry: an engine whose schema is at vitmed's head revision."""
+    """An open registry: an engine whose schema is at vitmed's head revision, and the
+    workspace whose cache and checkpoint files its rows point at."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, workspace: Workspace | None = None):
         self.engine = engine
+        self._workspace = workspace
         self._sessionmaker = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def workspace(self) -> Workspace:
+        """The workspace given when opened; else ``VITMED_HOME`` (read when first asked for)."""
+        if self._workspace is None:
+            self._workspace = get_workspace()
+        return self._workspace
 
     @property
     def url(self) -> str:
@@ -185,19 +195,19 @@ class Registry:
         except IntegrityError as exc:
             sess.rollback()
             raise RefusedError(
-                f"the registry refused the change: {_first_line(exc.orig)} - nothing was stored"
+                f"the registry refused the change: {first_line(exc.orig)} - nothing was stored"
             ) from exc
         except OperationalError as exc:
             sess.rollback()
             raise RegistryUnavailable(
-                f"registry error at {self.url}: {_first_line(exc.orig)} - nothing was stored; "
+                f"registry error at {self.url}: {first_line(exc.orig)} - nothing was stored; "
                 "check the server or file and try again"
             ) from exc
         except DBAPIError as exc:
             # e.g. a value too long for its column on PostgreSQL (DataError)
             sess.rollback()
             raise RefusedError(
-                f"the registry refused the change: {_first_line(exc.orig)} - nothing was stored"
+                f"the registry refused the change: {first_line(exc.orig)} - nothing was stored"
             ) from exc
         except BaseException:
             sess.rollback()
@@ -209,10 +219,6 @@ class Registry:
         self.engine.dispose()
 
 
-def _first_line(obj) -> str:
-    return str(obj).strip().splitlines()[0] if str(obj).strip() else type(obj).__name__
-
-
 def check_schema(engine: Engine, *, auto_create: bool = True) -> SchemaState:
     """Create an empty registry at head; refuse one that is behind, ahead or not vitmed's."""
     url = _redact(engine.url.render_as_string(hide_password=False))
@@ -220,12 +226,12 @@ def check_schema(engine: Engine, *, auto_create: bool = True) -> SchemaState:
         state = schema_state(engine)
     except OperationalError as exc:
         raise RegistryUnavailable(
-            f"cannot open the registry at {url}: {_first_line(exc.orig)} - check --db / "
+            f"cannot open the registry at {url}: {first_line(exc.orig)} - check `db` / "
             "VITMED_DB_URL and that the server is running"
         ) from exc
     except DBAPIError as exc:
         raise RegistryUnavailable(
-            f"cannot open the registry at {url}: {_first_line(exc.orig)}"
+            f"cannot open the registry at {url}: {first_line(exc.orig)}"
         ) from exc
     if state.up_to_date:
         return state
@@ -233,7 +239,7 @@ def check_schema(engine: Engine, *, auto_create: bool = True) -> SchemaState:
         if state.has_tables:
             raise SchemaError(
                 f"the database at {url} has tables but no vitmed schema version - "
-                "point --db at an empty database or an existing vitmed registry"
+                "point `db` at an empty database or an existing vitmed registry"
             )
         if auto_create:
             upgrade(engine)
@@ -251,9 +257,11 @@ def check_schema(engine: Engine, *, auto_create: bool = True) -> SchemaState:
     )
 
 
-def open_registry(db: str | None = None, *, check: bool = True) -> Registry:
-    """Open (and on first use create) the registry named by ``--db``/``VITMED_DB_URL``."""
-    url = registry_url(db)
+def open_registry(db: str | None = None, *, home: str | os.PathLike | None = None,
+                  check: bool = True) -> Registry:
+    """Open (and on first use create) the registry named by ``db`` (else ``VITMED_DB_URL``, else
+    the workspace's file); ``home`` is the workspace folder (default ``VITMED_HOME``)."""
+    url = registry_url(db, home)
     engine = create_registry_engine(url)
     if check:
         try:
@@ -264,9 +272,9 @@ def open_registry(db: str | None = None, *, check: bool = True) -> Registry:
         except SQLAlchemyError as exc:
             engine.dispose()
             raise RegistryUnavailable(
-                f"cannot open the registry at {_redact(url)}: {_first_line(exc)}"
+                f"cannot open the registry at {_redact(url)}: {first_line(exc)}"
             ) from exc
-    return Registry(engine)
+    return Registry(engine, get_workspace(home) if home is not None else None)
 
 
 def in_debug_mode() -> bool:
@@ -280,7 +288,7 @@ def check_schema_readonly(engine: Engine) -> SchemaState:
         state = schema_state(engine)
     except (OperationalError, DBAPIError) as exc:
         raise RegistryUnavailable(
-            f"cannot open the registry at {url}: {_first_line(exc.orig)} - check --db / "
+            f"cannot open the registry at {url}: {first_line(exc.orig)} - check `db` / "
             "VITMED_DB_URL and that the server is running"
         ) from exc
     if state.current is not None and state.current not in known_revisions():
@@ -291,6 +299,6 @@ def check_schema_readonly(engine: Engine) -> SchemaState:
     if state.current is None and state.has_tables:
         raise SchemaError(
             f"the database at {url} has tables but no vitmed schema version - "
-            "point --db at an empty database or an existing vitmed registry"
+            "point `db` at an empty database or an existing vitmed registry"
         )
     return state

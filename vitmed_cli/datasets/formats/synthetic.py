@@ -46,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from ...errors import ConfigError, InputError
+from ..records import RecordSet
 
 FLAVOURS = ("source", "target")
 
@@ -302,9 +303,9 @@ def render_synthetic(n_images: int, *, seed: int = 0, flavour: str = "source",
     """Yield ``(rows, images)`` batches without writing files: rows as in the CSV, images uint8."""
     _check_flavour(flavour)
     if n_images < 1:
-        raise ConfigError(f"--n-images must be at least 1 (got {n_images})")
+        raise ConfigError(f"`n_images` must be at least 1 (got {n_images})")
     if image_size < 32:
-        raise ConfigError(f"synthetic --image-size must be at least 32 pixels (got {image_size})")
+        raise ConfigError(f"synthetic `image_size` must be at least 32 pixels (got {image_size})")
     rng = np.random.default_rng([seed, FLAVOURS.index(flavour)])
     rows = _plan(n_images, flavour, rng)
     acq = ACQUISITION[flavour]
@@ -355,8 +356,17 @@ def write_synthetic(out_dir: Path, *, n_images: int, seed: int = 0, flavour: str
     return csv_path
 
 
+def read_synthetic(out_dir: Path, *, n_images: int, seed: int = 0, flavour: str = "source") -> RecordSet:
+    """Write the synthetic dataset into ``out_dir`` (or keep an identical one) and read it as csv."""
+    from .generic import read_generic_csv
+
+    csv_path = write_synthetic(out_dir, n_images=int(n_images), seed=int(seed), flavour=str(flavour))
+    return read_generic_csv(csv_path)
+
+
 __all__ = [
     "FINDINGS",
+    "read_synthetic",
     "FLAVOURS",
     "SHARED_FINDINGS",
     "render_synthetic",

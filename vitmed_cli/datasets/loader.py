@@ -1,9 +1,7 @@
-"""The training data path: one split part from the registry, and a fast batch loader.
+"""Batches from the image cache: the data path of training and prediction.
 
-``load_part`` reads one split part with one SQL query per table (never one per
-image) into arrays: image ids, rows of the ingest cache, and a label matrix.
-``BatchLoader`` turns those arrays into batches: a seeded permutation of row
-indices, a gather from the memory-mapped uint8 cache into a (pinned) buffer,
+``BatchLoader`` turns a part's cache rows and targets (:mod:`.parts`) into
+batches: a seeded permutation of row indices, a gather from the memory-mapped uint8 cache into a (pinned) buffer,
 a non-blocking copy to the device, and augmentation of the whole batch, so the
 cost per image is O(1) and never touches a DataFrame.
 
@@ -24,161 +22,15 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sqlalchemy import select
 
-from .catalog import unlabelled_keys, used_images
-from .errors import TrainingError
-from .registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
+from ..errors import TrainingError
 
 ROTATION_STEP_DEGREES = 0.5
-
-
-from .choices import UncertainPolicy  # noqa: E402,F401 - re-exported
-
-
-@dataclass
-class PartData:
-    """One split part as arrays, rows sorted by image id."""
-
-    dataset: str
-    split: str
-    part: str
-    image_ids: np.ndarray  # int64 (n,)
-    image_keys: list[str]
-    cache_rows: np.ndarray  # int64 (n,) rows of the ingest cache
-    labels: np.ndarray  # float32 (n, n_findings): 1, 0, -1 uncertain, NaN not mentioned
-    findings: list[str]  # canonical names, in the dataset's column order
-    finding_ids: list[int]
-    cache_path: str
-    image_size: int
-
-    def __len__(self) -> int:
-        return int(self.image_ids.shape[0])
-
-    def select_findings(self, names: Sequence[str]) -> "PartData":
-        """The same images with only ``names`` (in that order) as label columns."""
-        idx = [self.findings.index(n) for n in names]
-        return PartData(
-            dataset=self.dataset, split=self.split, part=self.part,
-            image_ids=self.image_ids, image_keys=self.image_keys, cache_rows=self.cache_rows,
-            labels=self.labels[:, idx], findings=list(names),
-            finding_ids=[self.finding_ids[i] for i in idx],
-            cache_path=self.cache_path, image_size=self.image_size,
-        )
-
-
-def apply_uncertain(labels: np.ndarray, policy: str | UncertainPolicy) -> np.ndarray:
-    """Targets after the uncertain policy: 1/0, NaN = left out; not mentioned counts as 0."""
-    policy = UncertainPolicy(policy)
-    out = np.nan_to_num(labels.astype(np.float32, copy=True), nan=0.0)
-    uncertain = out == -1
-    if policy is UncertainPolicy.zeros:
-        out[uncertain] = 0.0
-    elif policy is UncertainPolicy.ones:
-        out[uncertain] = 1.0
-    else:
-        out[uncertain] = np.nan
-    return out
-
-
-def _resolve(session, dataset: Dataset | str, split: Split | str | None) -> tuple[Dataset, Split]:
-    from . import catalog
-
-    ds = dataset if isinstance(dataset, Dataset) else catalog.get_dataset(session, dataset)
-    sp = split if isinstance(split, Split) else catalog.get_split(session, ds, split)
-    return ds, sp
-
-
-def check_cache(ds: Dataset) -> Path:
-    """The dataset's image cache file, or a TrainingError naming how to rebuild it."""
-    if not ds.cache_path:
-        raise TrainingError(
-            f"dataset {ds.name!r} has no image cache - re-run vitmed ingest for it"
-        )
-    path = Path(ds.cache_path)
-    if not path.is_file():
-        raise TrainingError(
-            f"the image cache of dataset {ds.name!r} is missing ({path}) - re-run vitmed ingest "
-            "for it, or restore the file"
-        )
-    return path
-
-
-def load_part(
-    session,
-    dataset: Dataset | str,
-    split: Split | str | None,
-    part: str,
-    *,
-    frontal_only: bool = True,
-) -> PartData:
-    """Images of one split part with their cache rows and labels; unreadable images are left out.
-
-    Views (with ``frontal_only``): when the dataset has ANY image with a known view
-    (frontal or lateral), only ``view == 'frontal'`` images are used - an image whose view
-    could not be read may be a lateral.  Only a dataset with no view information at all
-    (every image 'unknown', e.g. a CSV without a view column) uses its 'unknown' images.
-    Both cases are one query: the 'unknown' branch carries a NOT EXISTS over the dataset's
-    known views.  Images listed in ``Dataset.options["unlabelled_keys"]`` (no label
-    information in the source) are left out too.
-    """
-    ds, sp = _resolve(session, dataset, split)
-    fnd = session.execute(
-        select(Finding.id, Finding.canonical)
-        .where(Finding.dataset_id == ds.id)
-        .order_by(Finding.position, Finding.id)
-    ).all()
-    finding_ids = [int(r[0]) for r in fnd]
-    findings = [str(r[1]) for r in fnd]
-
-    q = (
-        select(Image.id, Image.key, Image.cache_index)
-        .join(SplitAssignment, SplitAssignment.image_id == Image.id)
-        .where(
-            SplitAssignment.split_id == sp.id,
-            SplitAssignment.part == part,
-            used_images(ds.id, frontal_only=frontal_only),
-        )
-        .order_by(Image.id)
-    )
-    rows = session.execute(q).all()
-    # Images whose source gives no label information at all (PadChest rows with a blank
-    # Labels cell) would otherwise read as "all negative": leave them out.
-    unlabelled = unlabelled_keys(ds)
-    if unlabelled:
-        rows = [r for r in rows if r[1] not in unlabelled]
-    image_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    cache_rows = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
-    keys = [r[1] for r in rows]
-
-    labels = np.full((len(rows), len(findings)), np.nan, dtype=np.float32)
-    if len(rows) and findings:
-        lab = session.execute(
-            select(Label.image_id, Label.finding_id, Label.value)
-            .join(SplitAssignment, SplitAssignment.image_id == Label.image_id)
-            .where(SplitAssignment.split_id == sp.id, SplitAssignment.part == part)
-        ).all()
-        if lab:
-            arr = np.asarray(lab, dtype=np.int64)
-            pos = np.searchsorted(image_ids, arr[:, 0])
-            pos = np.clip(pos, 0, len(image_ids) - 1)
-            keep = image_ids[pos] == arr[:, 0]
-            fcol = {fid: i for i, fid in enumerate(finding_ids)}
-            cols = np.fromiter((fcol.get(int(f), -1) for f in arr[:, 1]), dtype=np.int64,
-                               count=len(arr))
-            keep &= cols >= 0
-            labels[pos[keep], cols[keep]] = arr[keep, 2].astype(np.float32)
-    return PartData(
-        dataset=ds.name, split=sp.name, part=part, image_ids=image_ids, image_keys=keys,
-        cache_rows=cache_rows, labels=labels, findings=findings, finding_ids=finding_ids,
-        cache_path=str(ds.cache_path or ""), image_size=int(ds.image_size),
-    )
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -249,30 +101,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, max_rotation: 
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def model_input(
-    x: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    size: int | None = None,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Grayscale (B, S, S) uint8 or (B, 1, S, S) float in 0..255 -> normalised (B, 3, size, size)."""
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    x = x.float()
-    if size is not None and size != x.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=size < x.shape[-1])
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    # (x/255 - mean)/std as one fused op; expands the gray channel to the model's channels
-    out = torch.addcmul(-mean_t / std_t, x, 1.0 / (255.0 * std_t))
-    if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
-
-
 # --------------------------------------------------------------------------- loader
 
 
@@ -321,7 +149,7 @@ class BatchLoader:
         self.device = torch.device(self.device)
         self.cache_rows = np.asarray(self.cache_rows, dtype=np.int64)
         if self.batch_size < 1:
-            raise TrainingError(f"batch size must be at least 1, got {self.batch_size}")
+            raise TrainingError(f"`batch_size` must be at least 1, got {self.batch_size}")
 
     # -- sizes
     @property

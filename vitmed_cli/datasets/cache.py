@@ -37,7 +37,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .dicom import box_reduce, decode_dicom, is_dicom, reduce_factor
-from .errors import InputError
+from .._util import first_line
+from ..errors import InputError
 
 
 def fit_square(image, size: int) -> np.ndarray:
@@ -175,8 +176,8 @@ def _init_worker(cache_path: str, size: int) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:500]
+    """The error stored with an unreadable image: its type and first line."""
+    return f"{type(exc).__name__}: {first_line(exc)}"[:500]
 
 
 def _decode_chunk(chunk: Sequence[tuple[int, int, str]]) -> list[CacheResult]:
@@ -220,7 +221,7 @@ def fill_cache(
         return 0
     workers = workers or os.cpu_count() or 1
     if workers < 1:
-        raise InputError(f"--workers must be at least 1 (got {workers})")
+        raise InputError(f"`workers` must be at least 1 (got {workers})")
     chunk_size = chunk_size or max(1, min(64, len(tasks) // (workers * 4) or 1))
     done = 0
     if workers == 1 or len(tasks) <= 2:

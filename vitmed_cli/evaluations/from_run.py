@@ -11,13 +11,14 @@ A model trained on one dataset can score another: findings are matched by
 their harmonised (canonical) names, and those the two do not share are named
 in ``Evaluation.skipped_findings``.  Another split of the run's own dataset is
 refused when its scored part holds any image of the run's training or validation
-part (that score would be inflated); other datasets are never checked.  Predictions are written with one bulk
-``executemany`` inside the same transaction as the evaluation row.
+part (that score would be inflated); other datasets are never checked.  The
+checkpoint file is read once and checked against its registered sha256 before
+it is loaded, so the evaluation's recorded checkpoint is the one that scored.
+Everything is stored through :func:`~vitmed_cli.evaluations.store.store_evaluation`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,21 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
-from .data import BatchLoader, PartData, apply_uncertain, check_cache, load_part
-from .errors import NotFound, TrainingError
-from .registry.db import Registry
-from .registry.models import (
-    Checkpoint,
-    Evaluation,
-    EvaluationMetric,
-    Prediction,
-    Run,
-    SplitAssignment,
-)
+from .._util import finite_or_none, first_line
+from ..choices import DEFAULT_PREDICT_BATCH, Part, RunRole
+from ..datasets.loader import BatchLoader
+from ..datasets.parts import PartData, apply_uncertain, check_cache, load_part
+from ..errors import NotFound, TrainingError
+from ..inference import model_norm, predict_logits, probabilities, resolve_device
+from ..models import create_model
+from ..registry.db import Registry
+from ..registry.models import Checkpoint, Evaluation, Run, SplitAssignment
+from ..registry.queries import get_dataset, get_run, get_split
+from ..stats import roc_auc, threshold_metrics, youden_threshold
+from ..weights import read_weights
+from .store import store_evaluation
 
-from .choices import DEFAULT_PREDICT_BATCH  # noqa: E402
-CHECKPOINT_ROLES = ("best", "last")
+CHECKPOINT_ROLES = RunRole.names()
 
 
 @dataclass
@@ -72,13 +74,9 @@ class _Scored:
 
 
 def load_run_model(session, run: Run, role: str = "best") -> tuple[torch.nn.Module, Checkpoint]:
-    """The run's architecture with its ``role`` checkpoint loaded (strict)."""
-    from safetensors.torch import load_file
-
-    from .models import create_model
-
-    if role not in CHECKPOINT_ROLES:
-        raise TrainingError(f"--checkpoint must be best or last, got {role!r}")
+    """The run's architecture with its ``role`` checkpoint loaded (strict), after checking the
+    file's sha256 against the registry."""
+    role = RunRole.parse(role, "checkpoint").value
     ckpt = session.scalar(
         select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.role == role)
         .order_by(Checkpoint.id.desc())
@@ -95,54 +93,28 @@ def load_run_model(session, run: Run, role: str = "best") -> tuple[torch.nn.Modu
             f"the {role} checkpoint of run {run.id} points at {path}, which no longer exists - "
             "restore the file or train the run again"
         )
+    state, _ = read_weights(path, sha256=ckpt.sha256, what=f"the {role} checkpoint of run {run.id}")
     kwargs = dict((run.config or {}).get("model_kwargs") or {})
     findings = list(ckpt.findings or run.findings)
-    model, _ = create_model(run.arch, len(findings), int(run.image_size), init=None, **kwargs)
-    state = load_file(str(path), device="cpu")
+    model, _ = create_model(run.arch, len(findings), int(run.image_size), **kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise TrainingError(
             f"the {role} checkpoint of run {run.id} ({path}) does not fit {run.arch}: "
-            f"{str(exc).splitlines()[0]} - the file was changed after the run; train it again"
+            f"{first_line(exc)} - the file was changed after the run; train it again"
         ) from exc
     return model, ckpt
 
 
 def _score(model, part: PartData, cols: list[int], *, batch_size: int, device, num_workers: int,
            uncertain: str, image_size: int, mean, std, n_outputs: int) -> _Scored:
-    from .train import predict_logits, sigmoid
-
     loader = BatchLoader(part.cache_path, part.cache_rows, None, batch_size=batch_size,
                          shuffle=False, augment=False, device=device, num_workers=num_workers)
     logits = predict_logits(model, loader, len(part), mean=mean, std=std, image_size=image_size,
                             device=device, n_outputs=n_outputs)
-    probs = sigmoid(logits[:, cols])
+    probs = probabilities(logits[:, cols])
     return _Scored(part=part, probs=probs, y=apply_uncertain(part.labels, uncertain))
-
-
-def _insert_predictions(session, evaluation_id: int, part: PartData, probs: np.ndarray,
-                        y: np.ndarray) -> int:
-    """Bulk insert: one executemany of plain tuples (no ORM objects per row)."""
-    n, k = probs.shape
-    img = np.repeat(part.image_ids, k).tolist()
-    fid = np.tile(np.asarray(part.finding_ids, dtype=np.int64), n).tolist()
-    pr = probs.astype(float).ravel().tolist()
-    lab = [None if v != v else int(v) for v in y.astype(float).ravel().tolist()]
-    rows = list(zip([evaluation_id] * (n * k), img, fid, pr, lab))
-    if not rows:
-        return 0
-    conn = session.connection()
-    table = Prediction.__table__
-    cols = "evaluation_id, image_id, finding_id, probability, label"
-    style = conn.dialect.paramstyle
-    marks = ", ".join(["?"] * 5) if style == "qmark" else ", ".join(["%s"] * 5)
-    if style in ("qmark", "format", "pyformat"):
-        conn.exec_driver_sql(f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", rows)
-    else:  # pragma: no cover - other drivers go through SQLAlchemy's executemany
-        keys = ["evaluation_id", "image_id", "finding_id", "probability", "label"]
-        conn.execute(table.insert(), [dict(zip(keys, r)) for r in rows])
-    return len(rows)
 
 
 def _refuse_leak(session, run: Run, sp, part: str) -> None:
@@ -162,10 +134,6 @@ def _refuse_leak(session, run: Run, sp, part: str) -> None:
         )
 
 
-def _finite(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
 def predict(
     registry: Registry,
     *,
@@ -180,25 +148,20 @@ def predict(
     name: str | None = None,
 ) -> PredictResult:
     """Score one split part with run ``run_id`` and store the evaluation; see the module doc."""
-    from . import catalog
-    from .stats import roc_auc, threshold_metrics, youden_threshold
-    from .train import model_norm, resolve_device
-
-    if part not in ("train", "val", "test"):
-        raise TrainingError(f"--part must be train, val or test, got {part!r}")
+    part = Part.parse(part, "part").value
     if batch_size < 1:
-        raise TrainingError(f"--batch-size must be at least 1, got {batch_size}")
+        raise TrainingError(f"`batch_size` must be at least 1, got {batch_size}")
     dev = resolve_device(device)
     with registry.session() as s:
-        run = catalog.get_run(s, run_id)
+        run = get_run(s, run_id)
         model, ckpt = load_run_model(s, run, checkpoint)
         model_findings = list(ckpt.findings or run.findings)
         if dataset is None or dataset == run.dataset.name:
             ds = run.dataset
-            sp = run.split if split is None else catalog.get_split(s, ds, split)
+            sp = run.split if split is None else get_split(s, ds, split)
         else:
-            ds = catalog.get_dataset(s, dataset)
-            sp = catalog.get_split(s, ds, split)
+            ds = get_dataset(s, dataset)
+            sp = get_split(s, ds, split)
         if ds.id == run.dataset_id and run.split_id is not None and sp.id != run.split_id:
             _refuse_leak(s, run, sp, part)
         check_cache(ds)
@@ -223,7 +186,7 @@ def predict(
     if len(target) == 0:
         raise TrainingError(
             f"the {part} part of split {sp_name!r} of dataset {ds_name!r} has no usable images - "
-            "choose another --part or --split"
+            "choose another `part` or `split`"
         )
     cols = [model_findings.index(f) for f in shared]
     target = target.select_findings(shared)
@@ -242,12 +205,12 @@ def predict(
         thr = None
         if val_scored is not None:
             t = youden_threshold(val_scored.y[:, j], val_scored.probs[:, j])
-            thr = _finite(t)
+            thr = finite_or_none(t)
         tm = threshold_metrics(y, scored.probs[:, j], thr) if thr is not None else {}
         metrics.append({
-            "finding": f, "auc": _finite(aucs[j]), "threshold": thr,
-            "sensitivity": _finite(tm.get("sensitivity")), "specificity": _finite(tm.get("specificity")),
-            "accuracy": _finite(tm.get("accuracy")),
+            "finding": f, "auc": finite_or_none(aucs[j]), "threshold": thr,
+            "sensitivity": finite_or_none(tm.get("sensitivity")), "specificity": finite_or_none(tm.get("specificity")),
+            "accuracy": finite_or_none(tm.get("accuracy")),
             "n_positive": int(np.sum(y == 1)), "n_negative": int(np.sum(y == 0)),
         })
     finite = aucs[np.isfinite(aucs)]
@@ -264,11 +227,9 @@ def predict(
                     "model_findings": model_findings, "batch_size": batch_size,
                     "device": str(dev), "frontal_only": frontal},
         )
-        s.add(ev)
-        s.flush()
-        s.add_all([EvaluationMetric(evaluation_id=ev.id, **m) for m in metrics])
-        _insert_predictions(s, ev.id, target, scored.probs, scored.y)
-        eval_id = ev.id
+        eval_id = store_evaluation(s, ev, metrics=metrics, image_ids=target.image_ids,
+                                   finding_ids=target.finding_ids, probabilities=scored.probs,
+                                   labels=scored.y)
     return PredictResult(
         evaluation_id=eval_id, run_id=run_id, dataset=ds_name, split=sp_name, part=part,
         checkpoint=checkpoint, n_images=len(target), macro_auc=macro,

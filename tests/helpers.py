@@ -1,0 +1,225 @@
+"""Builders shared by the test modules (no test module imports another).
+
+* :func:`build_dataset` writes a small learnable dataset straight into the registry
+  and an ingest-style cache: finding k is a bright blob in band k of the image, so a
+  tiny ViT can learn it in seconds (training, prediction, DDP tests);
+* :func:`add_dataset` writes patients with 1-4 images and patient-level findings
+  through the ORM (split tests);
+* :func:`populate_registry` writes one of everything (registry and CLI tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from vitmed_cli.registry.models import (
+    Checkpoint,
+    Comparison,
+    ComparisonResult,
+    Dataset,
+    EpochMetric,
+    Evaluation,
+    Finding,
+    Image,
+    Label,
+    Prediction,
+    Run,
+    Split,
+    SplitAssignment,
+)
+
+TOY_FINDINGS = ("Effusion", "Nodule")
+
+
+def build_dataset(
+    registry,
+    folder: Path,
+    *,
+    name: str = "toy",
+    n: int = 240,
+    size: int = 32,
+    findings: tuple[str, ...] = TOY_FINDINGS,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    split: str = "default",
+    n_lateral: int = 6,
+    all_unknown: bool = False,
+    n_unreadable: int = 4,
+    uncertain_rate: float = 0.05,
+    missing_rate: float = 0.05,
+    no_positive: str | None = None,
+) -> dict:
+    """A dataset whose finding k is a bright blob in horizontal band k; returns what was written."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache_path = folder / f"{name}-{size}.npy"
+    k = len(findings)
+    y = (rng.random((n, k)) < 0.4).astype(np.int64)
+    if no_positive is not None:
+        y[: int(n * fractions[0]), findings.index(no_positive)] = 0
+    imgs = (rng.normal(70, 12, (n, size, size))).clip(0, 255)
+    band = size // k
+    for j in range(k):
+        for i in np.flatnonzero(y[:, j]):
+            cy = j * band + band // 2 + rng.integers(-2, 3)
+            cx = size // 2 + rng.integers(-size // 4, size // 4 + 1)
+            r = max(2, size // 10)
+            yy, xx = np.ogrid[:size, :size]
+            imgs[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 230
+    mm = open_memmap(cache_path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    mm[:] = imgs.astype(np.uint8)
+    mm.flush()
+    del mm
+    label = y.copy()
+    status = rng.random((n, k))
+    label[status < uncertain_rate] = -1
+    mentioned = status >= uncertain_rate + missing_rate
+    mentioned |= status < uncertain_rate
+    parts = np.array(["train"] * n, dtype=object)
+    n_tr, n_va = int(n * fractions[0]), int(n * fractions[1])
+    parts[n_tr : n_tr + n_va] = "val"
+    parts[n_tr + n_va :] = "test"
+    views = np.array(["frontal"] * n, dtype=object)
+    views[rng.choice(n, n_lateral, replace=False)] = "lateral"
+    views[::7] = np.where(views[::7] == "lateral", "lateral", "unknown")
+    if all_unknown:  # a dataset without any view information (e.g. a CSV without a view column)
+        views[:] = "unknown"
+    unreadable = set(rng.choice(n, n_unreadable, replace=False).tolist())
+    with registry.session() as s:
+        ds = Dataset(name=name, format="synthetic", source_path=str(folder), image_size=size,
+                     cache_path=str(cache_path), has_patient_ids=True)
+        s.add(ds)
+        s.flush()
+        f_rows = [Finding(dataset_id=ds.id, canonical=f, native=f.lower(), position=i)
+                  for i, f in enumerate(findings)]
+        s.add_all(f_rows)
+        sp = Split(dataset_id=ds.id, name=split, method="random", seed=seed)
+        s.add(sp)
+        s.flush()
+        images = []
+        for i in range(n):
+            bad = i in unreadable
+            images.append(Image(
+                dataset_id=ds.id, key=f"img{i:05d}", patient_id=f"p{i:05d}", view=views[i],
+                source_path=f"{folder}/img{i:05d}.png", cache_index=None if bad else i,
+                readable=not bad, error="cannot decode" if bad else None,
+            ))
+        s.add_all(images)
+        s.flush()
+        s.add_all([Label(image_id=images[i].id, finding_id=f_rows[j].id, value=int(label[i, j]))
+                   for i in range(n) for j in range(k) if mentioned[i, j]])
+        s.add_all([SplitAssignment(split_id=sp.id, image_id=images[i].id, part=str(parts[i]))
+                   for i in range(n)])
+        image_ids = np.array([im.id for im in images])
+    # a dataset with known views trains on frontal images only; without any, on all of them
+    usable = np.array([(all_unknown or views[i] == "frontal") and (i not in unreadable)
+                       for i in range(n)])
+    full = np.where(mentioned, label, np.nan).astype(np.float32)
+    return {"name": name, "split": split, "cache_path": str(cache_path), "y": y, "labels": full,
+            "parts": parts, "usable": usable, "image_ids": image_ids, "findings": list(findings),
+            "size": size}
+
+
+SPLIT_FINDINGS = ("Cardiomegaly", "Pleural Effusion", "Nodule", "Rare Thing")
+SPLIT_PREVALENCE = (0.3, 0.25, 0.15, 0.04)
+
+
+def add_dataset(registry, name="toy", *, n_patients=120, seed=0, has_patient_ids=True,
+                official=None, findings=SPLIT_FINDINGS, prevalence=SPLIT_PREVALENCE):
+    """A dataset straight through the ORM: 1-4 images per patient, patient-level findings.
+
+    ``official`` maps a patient index to its official part (or a callable doing so).
+    """
+    rng = np.random.default_rng(seed)
+    with registry.session() as s:
+        ds = Dataset(name=name, format="csv", source_path="/nowhere", image_size=64,
+                     has_patient_ids=has_patient_ids)
+        s.add(ds)
+        s.flush()
+        fnd = [Finding(dataset_id=ds.id, canonical=f, native=f.lower(), position=i)
+               for i, f in enumerate(findings)]
+        s.add_all(fnd)
+        s.flush()
+        images, flags = [], []
+        for p in range(n_patients):
+            has = rng.random(len(findings)) < np.array(prevalence)
+            part = official(p) if callable(official) else None
+            for k in range(int(rng.integers(1, 5))):
+                images.append(Image(dataset_id=ds.id, key=f"p{p:04d}/img{k}.png",
+                                    patient_id=f"P{p:04d}" if has_patient_ids else None,
+                                    view="lateral" if k == 3 else "frontal", source_path="x",
+                                    official_part=part, readable=k != 2 or p % 7 != 0))
+                flags.append(has)
+        s.add_all(images)
+        s.flush()
+        s.add_all([
+            Label(image_id=img.id, finding_id=f.id, value=int(h if rng.random() < 0.9 else not h))
+            for img, has in zip(images, flags) for f, h in zip(fnd, has)
+        ])
+    return name
+
+
+def populate_registry(reg) -> dict[str, int]:
+    """One dataset with two images, a split, a run, an evaluation and a comparison."""
+    with reg.session() as s:
+        ds = Dataset(name="toy", format="csv", source_path="/data/toy", image_size=32)
+        s.add(ds)
+        s.flush()
+        f1 = Finding(dataset_id=ds.id, canonical="Cardiomegaly", native="cardiomegaly", position=0)
+        f2 = Finding(dataset_id=ds.id, canonical="Pleural Effusion", native="Effusion", position=1)
+        imgs = [
+            Image(dataset_id=ds.id, key=f"img{i}", patient_id=f"p{i}", view="frontal",
+                  source_path=f"/data/toy/img{i}.png", readable=True, cache_index=i)
+            for i in range(2)
+        ]
+        s.add_all([f1, f2, *imgs])
+        s.flush()
+        s.add_all([
+            Label(image_id=imgs[0].id, finding_id=f1.id, value=1),
+            Label(image_id=imgs[1].id, finding_id=f1.id, value=0),
+            Label(image_id=imgs[1].id, finding_id=f2.id, value=-1),
+        ])
+        sp = Split(dataset_id=ds.id, name="s0", method="patient", seed=0)
+        s.add(sp)
+        s.flush()
+        s.add_all([
+            SplitAssignment(split_id=sp.id, image_id=imgs[0].id, part="train"),
+            SplitAssignment(split_id=sp.id, image_id=imgs[1].id, part="test"),
+        ])
+        init = Checkpoint(name="dino", init="dinov2", arch="vit_small_patch14_dinov2",
+                          sha256="a" * 64, source="file", path="/w/dino.pth")
+        s.add(init)
+        s.flush()
+        run = Run(dataset_id=ds.id, split_id=sp.id, init_checkpoint_id=init.id, init_name="dinov2",
+                  init_sha256=init.sha256, arch=init.arch, image_size=32, seed=0, epochs_planned=2,
+                  config={"lr": 1e-5}, findings=["Cardiomegaly", "Pleural Effusion"])
+        s.add(run)
+        s.flush()
+        s.add(EpochMetric(run_id=run.id, epoch=1, train_loss=0.5, val_macro_auc=0.7,
+                          val_auc={"Cardiomegaly": 0.7}))
+        best = Checkpoint(name="run-best", init="run", arch=init.arch, sha256="b" * 64,
+                          source="run", role="best", run_id=run.id, epoch=1)
+        s.add(best)
+        ev_a = Evaluation(name="a", source="predict", run_id=run.id, dataset_id=ds.id,
+                          split_id=sp.id, part="test", init_name="dinov2", n_images=1)
+        ev_b = Evaluation(name="b", source="import", dataset_id=ds.id, split_id=sp.id,
+                          part="test", init_name="other", n_images=1)
+        s.add_all([ev_a, ev_b])
+        s.flush()
+        s.add_all([
+            Prediction(evaluation_id=ev_a.id, image_id=imgs[1].id, finding_id=f1.id,
+                       probability=0.25, label=0),
+            Prediction(evaluation_id=ev_b.id, image_id=imgs[1].id, finding_id=f1.id,
+                       probability=0.75, label=0),
+        ])
+        cmp = Comparison(dataset_id=ds.id, evaluation_a_id=ev_a.id, evaluation_b_id=ev_b.id,
+                         label_a="dinov2", label_b="other", n_images=1, n_resamples=10, seed=0)
+        s.add(cmp)
+        s.flush()
+        s.add(ComparisonResult(comparison_id=cmp.id, finding="__macro__", diff=0.1, p_value=0.5))
+        return {"dataset": ds.id, "run": run.id, "eval_a": ev_a.id, "eval_b": ev_b.id,
+                "comparison": cmp.id, "init": init.id}

@@ -1,0 +1,443 @@
+"""Ingest: a download's records into the registry, then its pixels into the image cache.
+
+:func:`ingest_dataset` reads a download with its format's reader, registers the
+dataset, findings, images and labels in ONE transaction, then fills the image
+cache (:mod:`vitmed_cli.datasets.cache`) in resumable batches: an interrupted
+ingest resumes where it stopped when run again with the same arguments, and a
+re-ingest whose labels changed is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import bindparam, func, select
+
+from ..choices import DEFAULT_IMAGE_SIZE, Format, LabelPolicy
+from ..errors import AlreadyExists, ConfigError, InputError
+from ..events import Listener, progress
+from ..registry.db import Registry
+from ..registry.models import Dataset, Finding, Image, Label
+from .cache import ensure_cache, fill_cache
+from .findings import harmonise
+from .formats import READERS, check_options
+from .records import IMAGE_COLUMNS, RecordSet
+
+log = logging.getLogger("vitmed.ingest")
+
+INSERT_BATCH = 20_000
+UPDATE_BATCH = 2_000
+SLUG_CHARS = 40
+
+
+@dataclass
+class IngestSummary:
+    """What one ``vitmed ingest`` did."""
+
+    dataset_id: int
+    name: str
+    format: str
+    n_images: int
+    n_ingested: int
+    n_unreadable: int
+    n_skipped_existing: int
+    n_patients: int | None
+    findings: list[str]
+    unmapped_findings: list[str]
+    notes: list[str]
+    seconds: float
+    n_new_images: int = 0
+    image_size: int = 224
+    cache_path: str | None = None
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe, length-bounded form of a dataset name (the id keeps it unique)."""
+    return (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "dataset")[:SLUG_CHARS]
+
+
+def _none(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _label_text(value: float) -> str:
+    return "blank" if np.isnan(value) else str(int(value))
+
+
+def _check_same_labels(s, ds: Dataset, records: RecordSet) -> None:
+    """Refuse a re-ingest whose labels or findings differ from the registered ones.
+
+    Compares every image already registered (by key) and every finding
+    (registered or newly read); a registered finding the new read lacks
+    counts as blank.  Raises :class:`AlreadyExists` naming the count and
+    the first difference.
+    """
+    registered = sorted(ds.findings, key=lambda f: f.position)
+    col_of = {f.native: j for j, f in enumerate(registered)}
+    new_findings = [n for n in records.natives if n not in col_of]
+    t = Image.__table__
+    conn = s.connection()
+    id_key = conn.execute(select(t.c.id, t.c.key).where(t.c.dataset_id == ds.id)).all()
+    row_of_key = {str(k): i for i, k in enumerate(records.images["key"].astype(str))}
+    pairs = [(image_id, row_of_key[str(k)]) for image_id, k in id_key if str(k) in row_of_key]
+    old = np.full((len(pairs), len(registered)), np.nan, dtype=np.float32)
+    if pairs and registered:
+        at = {image_id: i for i, (image_id, _) in enumerate(pairs)}
+        fcol = {f.id: j for j, f in enumerate(registered)}
+        lt = Label.__table__
+        q = select(lt.c.image_id, lt.c.finding_id, lt.c.value).where(lt.c.finding_id.in_(list(fcol)))
+        for image_id, finding_id, value in conn.execute(q):
+            i = at.get(image_id)
+            if i is not None:
+                old[i, fcol[finding_id]] = value
+    new = np.full_like(old, np.nan)
+    rows = np.array([r for _, r in pairs], dtype=np.int64)
+    for j_new, native in enumerate(records.natives):
+        j = col_of.get(native)
+        if j is not None and len(rows):
+            new[:, j] = records.labels[rows, j_new]
+    differ = ~((old == new) | (np.isnan(old) & np.isnan(new)))
+    n_differ = int(differ.sum())
+    if not n_differ and not new_findings:
+        return
+    example = ""
+    if n_differ:
+        i, j = (int(x[0]) for x in np.nonzero(differ))
+        key = records.images["key"].iloc[rows[i]]
+        example = f" (e.g. {key}: {registered[j].native} {_label_text(old[i, j])} -> {_label_text(new[i, j])})"
+    listed = f" ({', '.join(new_findings[:5])}{', ...' if len(new_findings) > 5 else ''})" if new_findings else ""
+    raise AlreadyExists(
+        f"dataset {ds.name!r} is registered with different labels: {n_differ} image x finding labels "
+        f"differ{example} and {len(new_findings)} findings are new{listed} - ingest under a new `name`, "
+        f"or delete it first with vitmed datasets delete {ds.name}"
+    )
+
+
+def _register(
+    registry: Registry,
+    *,
+    name: str,
+    fmt: str,
+    source: Path,
+    image_size: int,
+    records: RecordSet,
+    label_policy: str | None,
+    options: dict[str, Any],
+    cache_dir: Path,
+) -> tuple[int, str, int]:
+    """Dataset, findings, new images and their labels in ONE transaction: (id, cache path, n new)."""
+    fmap = harmonise(records.natives)
+    dup = records.images["key"][records.images["key"].duplicated()]
+    if len(dup):
+        raise InputError(
+            f"{source}: image key(s) listed twice: {', '.join(map(str, dup.iloc[:3]))} - "
+            "each image may appear once"
+        )
+    with registry.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == name))
+        if ds is not None:
+            if ds.format != fmt or ds.source_path != str(source):
+                raise AlreadyExists(
+                    f"dataset {name!r} is already registered from {ds.format} {ds.source_path} - "
+                    f"choose a new `name` or remove it first: vitmed datasets delete {name}"
+                )
+            if ds.image_size != image_size:
+                raise AlreadyExists(
+                    f"dataset {name!r} was ingested at `image_size` {ds.image_size} - re-run with "
+                    f"`image_size` {ds.image_size}, or use a new `name` for another size"
+                )
+            if (ds.label_policy or None) != (label_policy or None):
+                raise AlreadyExists(
+                    f"dataset {name!r} was ingested with `label_policy` {ds.label_policy} - re-run "
+                    "with that policy, or use a new `name`"
+                )
+            _check_same_labels(s, ds, records)
+            # same labels: options derived from the source (non-findings, unlabelled rows)
+            # follow the reader of this vitmed version
+            ds.options = {**(ds.options or {}), **options}
+        else:
+            ds = Dataset(
+                name=name,
+                format=fmt,
+                source_path=str(source),
+                image_size=image_size,
+                has_patient_ids=records.has_patient_ids,
+                label_policy=label_policy,
+                options=options,
+                notes="; ".join(records.notes) or None,
+            )
+            s.add(ds)
+            s.flush()
+            cache = cache_dir / f"{_slug(name)}-{ds.id}-{image_size}px.npy"
+            if cache.exists():  # left by a deleted dataset that had the same id
+                cache.unlink()
+            ds.cache_path = str(cache)
+        known = {f.native: f for f in ds.findings}
+        next_pos = len(known)
+        used = {f.canonical for f in ds.findings}
+        for canonical, native in fmap.pairs:
+            if native in known:
+                continue
+            if canonical in used:
+                canonical = native
+            f = Finding(dataset_id=ds.id, canonical=canonical, native=native, position=next_pos)
+            s.add(f)
+            known[native] = f
+            used.add(canonical)
+            next_pos += 1
+        s.flush()
+        finding_ids = np.array([known[n].id for n in fmap.native], dtype=np.int64)
+
+        existing = set(s.scalars(select(Image.key).where(Image.dataset_id == ds.id)))
+        frame = records.images
+        new_idx = np.flatnonzero(~frame["key"].isin(existing).to_numpy()) if existing else np.arange(len(frame))
+        table = Image.__table__
+        conn = s.connection()
+        cols = [c for c in IMAGE_COLUMNS]
+        for start in range(0, len(new_idx), INSERT_BATCH):
+            sub = frame.iloc[new_idx[start : start + INSERT_BATCH]]
+            rows = [
+                {"dataset_id": ds.id, **{c: _none(v) for c, v in zip(cols, rec)}}
+                for rec in sub.itertuples(index=False, name=None)
+            ]
+            for r in rows:
+                if r["age"] is not None:
+                    r["age"] = float(r["age"])
+                r["key"] = str(r["key"])
+            conn.execute(table.insert(), rows)
+        if len(new_idx):
+            new_keys = set(frame["key"].iloc[new_idx].astype(str))
+            id_of = {
+                k: i
+                for k, i in conn.execute(select(table.c.key, table.c.id).where(table.c.dataset_id == ds.id))
+                if k in new_keys
+            }
+            image_ids = np.array([id_of[str(k)] for k in frame["key"].iloc[new_idx]], dtype=np.int64)
+            labels = records.labels[new_idx]
+            ltable = Label.__table__
+            step = max(1, 100_000 // max(1, labels.shape[1]))
+            for start in range(0, len(new_idx), step):
+                block = labels[start : start + step]
+                r, c = np.nonzero(~np.isnan(block))
+                if not len(r):
+                    continue
+                vals = block[r, c].astype(np.int64)
+                conn.execute(
+                    ltable.insert(),
+                    [
+                        {"image_id": int(i), "finding_id": int(f), "value": int(v)}
+                        for i, f, v in zip(image_ids[start + r], finding_ids[c], vals)
+                    ],
+                )
+        return ds.id, ds.cache_path, len(new_idx)
+
+
+def build_cache(
+    registry: Registry,
+    dataset_id: int,
+    *,
+    workers: int | None = None,
+    invert_keys: set[str] | frozenset[str] = frozenset(),
+    on_event: Listener | None = None,
+) -> dict[str, Any]:
+    """Decode every image not yet cached into the dataset's cache; resumable.
+
+    ``invert_keys``: image keys whose files keep MONOCHROME1 values (PadChest
+    PNGs from MONOCHROME1 DICOMs); they are inverted so that 0 is black.
+    """
+    table = Image.__table__
+    with registry.session() as s:
+        ds = s.get(Dataset, dataset_id)
+        cache_path, size, name = Path(ds.cache_path), ds.image_size, ds.name
+        rows = s.execute(
+            select(table.c.id, table.c.source_path, table.c.readable, table.c.cache_index, table.c.key)
+            .where(table.c.dataset_id == dataset_id)
+            .order_by(table.c.id)
+        ).all()
+    had_cache = ensure_cache(cache_path, len(rows), size)
+    tasks = [
+        (image_id, row, path, key in invert_keys)
+        for row, (image_id, path, readable, cache_index, key) in enumerate(rows)
+        if not (had_cache and readable and cache_index is not None)
+    ]
+    stats: dict[str, Any] = {
+        "n_ingested": 0, "n_done": 0, "n_skipped_existing": len(rows) - len(tasks), "inverted": [],
+    }
+    buffer: list[dict[str, Any]] = []
+    stmt = (
+        table.update()
+        .where(table.c.id == bindparam("b_id"))
+        .values(cache_index=bindparam("b_row"), readable=bindparam("b_ok"), error=bindparam("b_err"))
+    )
+
+    def flush() -> None:
+        if buffer:
+            with registry.session() as s:
+                s.connection().execute(stmt, buffer)
+            buffer.clear()
+
+    started = time.perf_counter()
+    task = f"caching {name}"
+
+    def on_results(results) -> None:
+        for r in results:
+            ok = r.error is None
+            buffer.append({"b_id": r.image_id, "b_row": r.row if ok else None, "b_ok": ok, "b_err": r.error})
+            if ok:
+                stats["n_ingested"] += 1
+            if r.inverted:
+                stats["inverted"].append(r.image_id)
+        if len(buffer) >= UPDATE_BATCH:
+            flush()
+        stats["n_done"] += len(results)
+        elapsed = time.perf_counter() - started
+        rate = f"{stats['n_done'] / elapsed:.0f} img/s" if elapsed > 0 else ""
+        progress(on_event, task, stats["n_done"], len(tasks), rate)
+
+    if tasks:
+        progress(on_event, task, 0, len(tasks))
+    try:
+        fill_cache(cache_path, tasks, size, workers=workers, on_results=on_results)
+    finally:
+        flush()
+    return stats
+
+
+def ingest_dataset(
+    registry: Registry,
+    fmt: str,
+    path: Path,
+    *,
+    name: str,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    workers: int | None = None,
+    on_event: Listener | None = None,
+    **format_options: Any,
+) -> IngestSummary:
+    """Register a dataset from its downloaded layout and fill its image cache.
+
+    The dataset, its findings, images and labels are written in one
+    transaction; the cache is then filled in batches, so an interrupted
+    ingest resumes where it stopped when run again with the same arguments.
+    """
+    started = time.perf_counter()
+    fmt = Format.parse(fmt, "ingest format").value
+    if not name or not str(name).strip():
+        raise ConfigError("`name` must not be empty - name the dataset, e.g. vindr")
+    if not 16 <= int(image_size) <= 2048:
+        raise ConfigError(f"`image_size` must be between 16 and 2048 pixels (got {image_size})")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"`workers` must be at least 1 (got {workers})")
+    given = check_options(fmt, format_options)
+    label_policy = None
+    if "label_policy" in READERS[fmt].options:
+        label_policy = LabelPolicy.parse(given.get("label_policy", LabelPolicy.majority), "label_policy").value
+        given["label_policy"] = label_policy
+    source = Path(path).expanduser().resolve()
+    if fmt != Format.synthetic.value and not source.exists():
+        raise InputError(f"{source} does not exist - give the folder (or file) of the {fmt} download")
+    records = READERS[fmt].read(source, **given)
+    options = {k: v for k, v in given.items() if k != "label_policy"}
+    options.update(records.options)
+    fmap = harmonise(records.natives)
+    dataset_id, cache_path, n_new = _register(
+        registry, name=name, fmt=fmt, source=source, image_size=int(image_size),
+        records=records, label_policy=label_policy, options=options,
+        cache_dir=registry.workspace.cache_dir,
+    )
+    stats = build_cache(registry, dataset_id, workers=workers, invert_keys=records.invert_keys,
+                        on_event=on_event)
+    notes = list(records.notes)
+    imgs = records.images
+    if "view" in imgs and "view_native" in imgs:
+        odd = imgs.loc[(imgs["view"] == "unknown") & imgs["view_native"].notna(), "view_native"]
+        if len(odd) and (imgs["view"] != "unknown").any():
+            codes = ", ".join(sorted({str(c) for c in odd})[:5])
+            notes.append(f"{len(odd)} image(s) with view codes that are neither frontal nor lateral "
+                         f"({codes}) are registered as 'unknown' and left out of training and evaluation")
+    if stats["inverted"] and not records.invert_keys:
+        notes.append(f"{len(stats['inverted'])} MONOCHROME1 image(s) inverted so that 0 is black")
+    with registry.session() as s:
+        t = Image.__table__
+        n_images = s.scalar(select(func.count()).where(t.c.dataset_id == dataset_id))
+        n_unreadable = s.scalar(select(func.count()).where(t.c.dataset_id == dataset_id, t.c.readable.is_(False)))
+        n_patients = (
+            s.scalar(
+                select(func.count(func.distinct(t.c.patient_id))).where(
+                    t.c.dataset_id == dataset_id, t.c.patient_id.is_not(None)
+                )
+            )
+            if records.has_patient_ids
+            else None
+        )
+        errors = [
+            {"key": k, "error": e}
+            for k, e in s.execute(
+                select(t.c.key, t.c.error)
+                .where(t.c.dataset_id == dataset_id, t.c.readable.is_(False))
+                .order_by(t.c.id)
+                .limit(10)
+            )
+        ]
+        if stats["inverted"]:
+            for key, src in s.execute(select(t.c.key, t.c.source_path).where(t.c.id.in_(stats["inverted"][:3]))):
+                log.warning("%s is MONOCHROME1: inverted so that 0 is black", src)
+        findings = list(
+            s.scalars(select(Finding.canonical).where(Finding.dataset_id == dataset_id).order_by(Finding.position))
+        )
+        first_bad = None
+        if n_images and n_unreadable == n_images:
+            first_bad = s.execute(
+                select(t.c.source_path, t.c.key, t.c.error)
+                .where(t.c.dataset_id == dataset_id, t.c.readable.is_(False))
+                .order_by(t.c.id)
+                .limit(1)
+            ).first()
+    if first_bad is not None:
+        # Kept registered (not rolled back): fixing the files and re-running resumes.
+        src, key, error = first_bad
+        try:
+            shown = Path(src).relative_to(source if source.is_dir() else source.parent).as_posix()
+        except (TypeError, ValueError):
+            shown = str(key)
+        error = " ".join(str(error or "unreadable").split())
+        error = error if len(error) <= 200 else error[:197] + "..."
+        raise InputError(
+            f"none of the {n_images} images of {name!r} could be read (first: {shown}: {error}) - check the "
+            "files; the dataset is registered so a re-run after fixing them resumes"
+        )
+    return IngestSummary(
+        dataset_id=dataset_id,
+        name=name,
+        format=fmt,
+        n_images=n_images,
+        n_ingested=stats["n_ingested"],
+        n_unreadable=n_unreadable,
+        n_skipped_existing=stats["n_skipped_existing"],
+        n_patients=n_patients,
+        findings=findings,
+        unmapped_findings=list(fmap.unmapped),
+        notes=notes,
+        seconds=round(time.perf_counter() - started, 3),
+        n_new_images=n_new,
+        image_size=int(image_size),
+        cache_path=cache_path,
+        errors=errors,
+    )

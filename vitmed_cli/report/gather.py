@@ -1,0 +1,336 @@
+"""Reading the report out of the registry: the latest test evaluations per initialisation,
+bootstrapped AUCs, stored comparisons and the provenance of every number."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from sqlalchemy import func, select
+
+from .. import __version__
+from .._util import finite_or_none
+from ..errors import ConfigError, NotFound
+from ..evaluations.store import load_evaluation_arrays
+from ..events import Listener, progress
+from ..registry.db import Registry
+from ..registry.models import MACRO, Comparison, Dataset, Evaluation, EvaluationMetric, Image, Prediction, Run
+from ..registry.queries import get_dataset, used_images
+from ..splits import split_summary
+from ..stats import bootstrap_auc
+from .figures import bar_figure, dataset_figures, unique_filenames
+from .model import (
+    init_sort_key,
+    ComparisonRow,
+    ComparisonTable,
+    DatasetSection,
+    FindingRow,
+    InitRow,
+    Report,
+    RunInfo,
+)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value is not None else None
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in map(finite_or_none, values) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _eval_init(ev: Evaluation) -> str:
+    return ev.init_name or ev.name
+
+
+def _model_kwargs(run: Run) -> dict[str, Any]:
+    cfg = run.config or {}
+    kw = cfg.get("model_kwargs")
+    if not kw and isinstance(cfg.get("train"), dict):
+        kw = cfg["train"].get("model_kwargs")
+    return dict(kw) if isinstance(kw, dict) else {}
+
+
+def _init_source_run(session, run: Run) -> Run | None:
+    """The run whose output checkpoint initialised ``run`` (checkpoint source 'run'), if any."""
+    ck = run.init_checkpoint
+    if ck is None or ck.source != "run":
+        return None
+    src_id = ck.run_id if ck.run_id is not None else (ck.meta or {}).get("from_run")
+    if src_id is None or src_id == run.id:
+        return None
+    try:
+        return session.get(Run, int(src_id))
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_info(session, run: Run) -> RunInfo:
+    sha = run.init_sha256 or (run.init_checkpoint.sha256 if run.init_checkpoint else None)
+    src = _init_source_run(session, run)
+    return RunInfo(
+        model_kwargs=_model_kwargs(run),
+        init_run_id=src.id if src is not None else None,
+        init_run_dataset=src.dataset.name if src is not None else None,
+        init_run_split=src.split.name if src is not None else None,
+        id=run.id,
+        init_name=run.init_name,
+        arch=run.arch,
+        init_checkpoint_id=run.init_checkpoint_id,
+        init_sha256=sha,
+        split=run.split.name,
+        split_seed=run.split.seed,
+        seed=run.seed,
+        status=run.status,
+        epochs_done=run.epochs_done,
+        best_epoch=run.best_epoch,
+        best_val_macro_auc=finite_or_none(run.best_val_macro_auc),
+        code_version=run.code_version,
+        started_at=_iso(run.started_at),
+        epochs=[m.epoch for m in run.epochs],
+        val_macro_auc=[finite_or_none(m.val_macro_auc) for m in run.epochs],
+    )
+
+
+def _latest_test_evaluations(session, ds: Dataset) -> list[Evaluation]:
+    evs = session.scalars(
+        select(Evaluation)
+        .where(Evaluation.dataset_id == ds.id, Evaluation.part == "test")
+        .order_by(Evaluation.created_at, Evaluation.id)
+    ).all()
+    latest: dict[str, Evaluation] = {}
+    for ev in evs:  # later rows win
+        latest[_eval_init(ev)] = ev
+    return [latest[k] for k in sorted(latest, key=init_sort_key)]
+
+
+def _bootstrap(session, ev: Evaluation, n_resamples: int, seed: int):
+    """(arrays, BootstrapAUC) from the stored predictions, or (None, None) when there are none."""
+    n_pred = session.scalar(
+        select(func.count()).select_from(Prediction).where(Prediction.evaluation_id == ev.id)
+    )
+    if not n_pred:
+        return None, None
+    arrays = load_evaluation_arrays(session, ev.id)
+    # A finding without positives or negatives on this part has no AUC; leaving it in would
+    # make every resampled macro average undefined, so the macro is over scoreable findings.
+    y = arrays.y_true
+    keep = [j for j in range(y.shape[1]) if np.any(y[:, j] == 1) and np.any(y[:, j] == 0)]
+    if not keep:
+        return arrays, None
+    boot = bootstrap_auc(y[:, keep], arrays.scores[:, keep], n_resamples=n_resamples, seed=seed)
+    return arrays, (boot, [arrays.findings[j] for j in keep])
+
+
+def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_out: dict,
+                    step: Callable[[str], None]) -> DatasetSection | None:
+    evs = _latest_test_evaluations(session, ds)
+    if not evs:
+        return None
+    n_images = session.scalar(select(func.count()).where(Image.dataset_id == ds.id)) or 0
+    # the images training and evaluation use: the one rule of catalog.used_images
+    n_frontal = session.scalar(
+        select(func.count()).where(Image.dataset_id == ds.id, used_images(ds.id))
+    ) or 0
+    splits: dict[str, dict[str, Any]] = {}
+    for sp in ds.splits:
+        info = split_summary(session, sp)
+        parts = {p: v["n_images"] for p, v in info["parts"].items() if v["n_images"]}
+        splits[sp.name] = {"seed": sp.seed, "method": sp.method, "by": sp.by, "parts": parts}
+
+    inits: list[InitRow] = []
+    per_finding: list[FindingRow] = []
+    for ev in evs:
+        step(f"{ds.name}: bootstrap of {_eval_init(ev)}")
+        run = ev.run
+        sha = None
+        code_version = None
+        if run is not None:
+            sha = run.init_sha256 or (run.init_checkpoint.sha256 if run.init_checkpoint else None)
+            code_version = run.code_version
+        else:
+            code_version = (ev.config or {}).get("code_version")
+        metrics = {
+            m.finding: m
+            for m in session.scalars(
+                select(EvaluationMetric).where(EvaluationMetric.evaluation_id == ev.id)
+            )
+            if m.finding != MACRO
+        }
+        arrays, boot = _bootstrap(session, ev, n_resamples, seed)
+        row = InitRow(
+            init_name=_eval_init(ev),
+            evaluation_id=ev.id,
+            evaluation_name=ev.name,
+            source=ev.source,
+            run_id=ev.run_id,
+            init_sha256=sha,
+            split=ev.split.name if ev.split else None,
+            split_seed=ev.split.seed if ev.split else None,
+            code_version=code_version,
+            n_images=ev.n_images,
+            created_at=_iso(ev.created_at),
+            auc=finite_or_none(ev.macro_auc),
+            sensitivity=_mean(m.sensitivity for m in metrics.values()),
+            specificity=_mean(m.specificity for m in metrics.values()),
+            accuracy=_mean(m.accuracy for m in metrics.values()),
+            n_findings=len(metrics),
+        )
+        summaries: dict[str, Any] = {}
+        if arrays is not None:
+            arrays_out[ev.id] = arrays
+        if boot is not None:
+            boot, scored = boot
+            mac = boot.macro
+            row.auc = finite_or_none(mac.auc) if row.auc is None else row.auc
+            row.auc_mean, row.auc_sd = finite_or_none(mac.mean), finite_or_none(mac.sd)
+            row.ci_low, row.ci_high = finite_or_none(mac.ci_low), finite_or_none(mac.ci_high)
+            row.n_degenerate, row.n_resamples = mac.n_degenerate, n_resamples
+            summaries = dict(zip(scored, boot.findings))
+            if not row.n_images:
+                row.n_images = len(arrays.image_ids)
+        inits.append(row)
+        names = [f.canonical for f in ds.findings]
+        names += [n for n in list(metrics) + list(summaries) if n not in names]
+        for name in names:
+            m, s = metrics.get(name), summaries.get(name)
+            if m is None and s is None:
+                continue
+            per_finding.append(FindingRow(
+                finding=name,
+                init_name=row.init_name,
+                evaluation_id=ev.id,
+                auc=finite_or_none(m.auc) if m is not None and m.auc is not None else (finite_or_none(s.auc) if s else None),
+                auc_mean=finite_or_none(s.mean) if s else None,
+                auc_sd=finite_or_none(s.sd) if s else None,
+                ci_low=finite_or_none(s.ci_low) if s else None,
+                ci_high=finite_or_none(s.ci_high) if s else None,
+                threshold=finite_or_none(m.threshold) if m else None,
+                sensitivity=finite_or_none(m.sensitivity) if m else None,
+                specificity=finite_or_none(m.specificity) if m else None,
+                accuracy=finite_or_none(m.accuracy) if m else None,
+                n_positive=m.n_positive if m else None,
+                n_negative=m.n_negative if m else None,
+            ))
+    order = {n: i for i, n in enumerate(f.canonical for f in ds.findings)}
+    init_pos = {r.init_name: i for i, r in enumerate(inits)}
+    per_finding.sort(key=lambda r: (order.get(r.finding, len(order)), r.finding, init_pos[r.init_name]))
+
+    # Every `vitmed compare` stores a new comparison (kept for provenance); the report shows, per
+    # set of compared evaluations (the pair, and the group's evaluations for 3+ models), the latest.
+    stored = list(session.scalars(
+        select(Comparison).where(Comparison.dataset_id == ds.id)
+        .order_by(Comparison.created_at, Comparison.id)
+    ))
+    group_evals: dict[str, set[int]] = {}
+    for cmp in stored:
+        if cmp.group_id:
+            group_evals.setdefault(cmp.group_id, set()).update((cmp.evaluation_a_id, cmp.evaluation_b_id))
+    latest_cmp: dict[tuple, Comparison] = {}
+    n_stored: dict[tuple, int] = {}
+    for cmp in stored:  # later rows win
+        members = group_evals.get(cmp.group_id or "", {cmp.evaluation_a_id, cmp.evaluation_b_id})
+        key = (cmp.evaluation_a_id, cmp.evaluation_b_id, frozenset(members))
+        latest_cmp.pop(key, None)
+        latest_cmp[key] = cmp
+        n_stored[key] = n_stored.get(key, 0) + 1
+    comparisons: list[ComparisonTable] = []
+    for key, cmp in sorted(latest_cmp.items(), key=lambda kv: kv[1].id):
+        ev_a, ev_b = session.get(Evaluation, cmp.evaluation_a_id), session.get(Evaluation, cmp.evaluation_b_id)
+        results = sorted(cmp.results, key=lambda r: (r.finding == MACRO, order.get(r.finding, len(order)), r.finding))
+        comparisons.append(ComparisonTable(
+            id=cmp.id, label_a=cmp.label_a, label_b=cmp.label_b,
+            evaluation_a_id=cmp.evaluation_a_id, evaluation_b_id=cmp.evaluation_b_id,
+            run_a_id=ev_a.run_id if ev_a else None, run_b_id=ev_b.run_id if ev_b else None,
+            n_images=cmp.n_images, n_resamples=cmp.n_resamples, seed=cmp.seed,
+            group_id=cmp.group_id, options=dict(cmp.options or {}), created_at=_iso(cmp.created_at),
+            name_a=_eval_init(ev_a) if ev_a else cmp.label_a,
+            name_b=_eval_init(ev_b) if ev_b else cmp.label_b,
+            n_stored=n_stored[key],
+            rows=[ComparisonRow(
+                finding=r.finding, auc_a=finite_or_none(r.auc_a), auc_b=finite_or_none(r.auc_b), diff=finite_or_none(r.diff),
+                ci_low=finite_or_none(r.ci_low), ci_high=finite_or_none(r.ci_high), p_value=finite_or_none(r.p_value),
+                p_delong=finite_or_none(r.p_delong), p_adjusted=finite_or_none(r.p_adjusted),
+                n_positive=r.n_positive, n_negative=r.n_negative,
+            ) for r in results],
+        ))
+
+    runs = [
+        _run_info(session, r)
+        for r in session.scalars(select(Run).where(Run.dataset_id == ds.id).order_by(Run.id))
+    ]
+    return DatasetSection(
+        name=ds.name, n_images=n_images, n_images_frontal=n_frontal,
+        findings=[f.canonical for f in ds.findings], splits=splits,
+        inits=inits, per_finding=per_finding, comparisons=comparisons, runs=runs,
+    )
+
+
+def build_report(
+    registry: Registry,
+    *,
+    datasets: Sequence[str] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    figures: bool = True,
+    on_event: Listener | None = None,
+) -> Report:
+    """Gather the report from the registry: tables, provenance and (optionally) figures.
+
+    Raises NotFound for an unknown dataset and when there is nothing to report.
+    """
+    if n_resamples < 1:
+        raise ConfigError(f"`resamples` must be at least 1 (got {n_resamples}) - use e.g. 1000")
+    arrays: dict[int, Any] = {}
+    sections: list[DatasetSection] = []
+    with registry.session() as s:
+        if datasets:
+            chosen = [get_dataset(s, name) for name in dict.fromkeys(datasets)]
+        else:
+            chosen = list(s.scalars(select(Dataset).order_by(Dataset.name)))
+        n_evals = s.scalar(
+            select(func.count()).select_from(Evaluation).where(
+                Evaluation.part == "test", Evaluation.dataset_id.in_([d.id for d in chosen])
+            )
+        ) if chosen else 0
+        total = n_evals + len(chosen)
+        done = 0
+
+        def step(label: str) -> None:
+            nonlocal done
+            progress(on_event, "report", done, total, label)
+            done += 1
+
+        for ds in chosen:
+            sec = _gather_dataset(s, ds, n_resamples, seed, arrays, step)
+            if sec is not None:
+                sections.append(sec)
+    if not sections:
+        where = (
+            f"for dataset(s) {', '.join(datasets)} " if datasets else ""
+        )
+        raise NotFound(
+            f"nothing to report: no evaluations on the test part {where}in the registry at "
+            f"{registry.url} - run vitmed predict or vitmed evals import first"
+        )
+    rep = Report(
+        generated_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        vitmed_version=__version__,
+        registry_url=registry.url,
+        n_resamples=n_resamples,
+        seed=seed,
+        datasets=sections,
+    )
+    if figures:
+        for sec in sections:
+            progress(on_event, "report", done, total, f"{sec.name}: figures")
+            done += 1
+            sec.figures = dataset_figures(sec, arrays)
+        bars = bar_figure(sections)
+        if bars is not None:
+            rep.figures.append(bars)
+        unique_filenames(rep.all_figures())
+    progress(on_event, "report", total, total)
+    return rep
