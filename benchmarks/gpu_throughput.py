@@ -38,8 +38,9 @@ def main() -> None:
     import timm
     from numpy.lib.format import open_memmap
 
-    from vitmed_cli.data import BatchLoader, model_input
-    from vitmed_cli.train import Trainer, amp_dtype_for, model_norm
+    from vitmed_cli.datasets.loader import BatchLoader
+    from vitmed_cli.inference import amp_dtype_for, model_input, model_norm
+    from vitmed_cli.training import Trainer
 
     dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True

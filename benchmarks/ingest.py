@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitmed_cli.dicom import write_dicom  # noqa: E402
-from vitmed_cli.images import fit_square  # noqa: E402
+from vitmed_cli.datasets.cache import fit_square  # noqa: E402
+from vitmed_cli.datasets.dicom import write_dicom  # noqa: E402
 
 
 def _bases(side_h: int, side_w: int, k: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -83,11 +83,10 @@ def _csv(folder: Path, name: str, paths: list[Path]) -> Path:
 
 
 def vitmed_ingest(registry, csv_path: Path, name: str, size: int, workers: int) -> tuple[float, int]:
-    from vitmed_cli.datasets import ingest_dataset
+    from vitmed_cli.datasets.ingest import ingest_dataset
 
     t = time.perf_counter()
-    summary = ingest_dataset(registry, "csv", csv_path, name=name, image_size=size, workers=workers,
-                             progress=False)
+    summary = ingest_dataset(registry, "csv", csv_path, name=name, image_size=size, workers=workers)
     elapsed = time.perf_counter() - t
     if summary.n_unreadable:
         raise SystemExit(f"benchmark files unreadable: {summary.errors[:2]}")

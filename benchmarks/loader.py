@@ -23,7 +23,8 @@ import torch
 from numpy.lib.format import open_memmap
 from PIL import Image
 
-from vitmed_cli.data import BatchLoader, model_input
+from vitmed_cli.datasets.loader import BatchLoader
+from vitmed_cli.inference import model_input
 
 
 def _images(n: int, size: int, folder: Path, src: int) -> Path:

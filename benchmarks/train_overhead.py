@@ -22,8 +22,9 @@ import timm
 import torch
 from numpy.lib.format import open_memmap
 
-from vitmed_cli.data import BatchLoader, model_input
-from vitmed_cli.train import Trainer, model_norm
+from vitmed_cli.datasets.loader import BatchLoader
+from vitmed_cli.inference import model_input, model_norm
+from vitmed_cli.training import Trainer
 
 
 def main() -> None:
