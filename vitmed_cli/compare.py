@@ -295,40 +295,62 @@ def compare(
     with registry.session() as s:
         pairs, dataset_id = _choose(s, dataset=dataset, inits=inits, evals=evals, runs=runs,
                                     part=part, all_seeds=all_seeds)
-        cache: dict[int, EvalArrays] = {}
+        aligned = _align_pairs(s, pairs, intersect)
+    results = [_pair_result(pa, pb, al, n_resamples, seed, on_event) for (pa, pb), al in zip(pairs, aligned)]
+    _adjust(results, alpha)
+    options = {
+        "part": part, "intersect": intersect, "all_seeds": all_seeds, "alpha": alpha,
+        "p_value_method": P_VALUE_METHOD, "fdr_method": FDR_METHOD, "n_pairs": len(results),
+    }
+    group_id = _store(registry, results, dataset_id=dataset_id, n_resamples=n_resamples, seed=seed,
+                      options=options)
+    return {"group_id": group_id, "alpha": alpha, "n_resamples": n_resamples, "seed": seed,
+            "pairs": [_ordered(r) for r in results]}
 
-        def arrays(i: int) -> EvalArrays:
-            if i not in cache:
-                cache[i] = load_evaluation_arrays(s, i)
-                if cache[i].image_ids.size == 0:
-                    raise RefusedError(f"evaluation {i} holds no predictions - rerun predict or evals import")
-            return cache[i]
 
-        aligned = [align_evaluations(arrays(a.evaluation_id), arrays(b.evaluation_id), intersect=intersect)
-                   for a, b in pairs]
-    results = []
-    for (pa, pb), al in zip(pairs, aligned):
-        label = f"{pa.label} vs {pb.label}"
-        cb = None
-        if on_event is not None:
-            done = [0]
+def _align_pairs(session, pairs: list[tuple[_Pick, _Pick]], intersect: bool) -> list[Aligned]:
+    """Each pair's evaluations read once and aligned on shared images and findings."""
+    cache: dict[int, EvalArrays] = {}
 
-            def cb(c, label=label, done=done):
-                done[0] += c
-                report_progress(on_event, label, done[0], n_resamples)
+    def arrays(i: int) -> EvalArrays:
+        if i not in cache:
+            cache[i] = load_evaluation_arrays(session, i)
+            if cache[i].image_ids.size == 0:
+                raise RefusedError(f"evaluation {i} holds no predictions - rerun predict or evals import")
+        return cache[i]
 
-        try:
-            res = _pair_stats(al, n_resamples, seed, cb)
-        except StatsError as exc:  # pragma: no cover - aligned arrays always fit
-            raise RefusedError(f"{label}: {exc}") from exc
-        res.update({
-            "a": pa.label, "b": pb.label, "evaluation_a": pa.evaluation_id,
-            "evaluation_b": pb.evaluation_id, "n_images": int(al.image_ids.size),
-            "skipped_findings": al.skipped, "n_dropped_images": al.n_dropped_images,
-            "n_label_conflicts": al.n_label_conflicts,
-        })
-        results.append(res)
-    # BH over every pair x finding; macro rows over the pairs
+    return [align_evaluations(arrays(a.evaluation_id), arrays(b.evaluation_id), intersect=intersect)
+            for a, b in pairs]
+
+
+def _pair_result(pa: _Pick, pb: _Pick, al: Aligned, n_resamples: int, seed: int,
+                 on_event: Listener | None) -> dict[str, Any]:
+    """Bootstrap and DeLong of one aligned pair, with a progress event per block of resamples."""
+    label = f"{pa.label} vs {pb.label}"
+    cb = None
+    if on_event is not None:
+        done = [0]
+
+        def cb(c: int) -> None:
+            done[0] += c
+            report_progress(on_event, label, done[0], n_resamples)
+
+    try:
+        res = _pair_stats(al, n_resamples, seed, cb)
+    except StatsError as exc:  # pragma: no cover - aligned arrays always fit
+        raise RefusedError(f"{label}: {exc}") from exc
+    res.update({
+        "a": pa.label, "b": pb.label, "evaluation_a": pa.evaluation_id,
+        "evaluation_b": pb.evaluation_id, "n_images": int(al.image_ids.size),
+        "skipped_findings": al.skipped, "n_dropped_images": al.n_dropped_images,
+        "n_label_conflicts": al.n_label_conflicts,
+    })
+    return res
+
+
+def _adjust(results: list[dict[str, Any]], alpha: float) -> None:
+    """Benjamini-Hochberg over every pair x finding (macro rows over the pairs); 'better' where
+    the adjusted p is below ``alpha``."""
     flat = [r for res in results for r in res["findings"]]
     for r, q in zip(flat, stats.fdr_bh([r["p_value"] for r in flat])):
         r["p_adjusted"] = float(q)
@@ -338,11 +360,12 @@ def compare(
         for r in res["findings"] + [res["macro"]]:
             sig = r["p_adjusted"] is not None and r["p_adjusted"] < alpha
             r["better"] = (res["a"] if r["diff"] > 0 else res["b"]) if sig and r["diff"] != 0 else None
+
+
+def _store(registry: Registry, results: list[dict[str, Any]], *, dataset_id: int, n_resamples: int,
+           seed: int, options: dict[str, Any]) -> str:
+    """One Comparison (with its result rows) per pair, in one transaction; the group id."""
     group_id = uuid.uuid4().hex
-    options = {
-        "part": part, "intersect": intersect, "all_seeds": all_seeds, "alpha": alpha,
-        "p_value_method": P_VALUE_METHOD, "fdr_method": FDR_METHOD, "n_pairs": len(results),
-    }
     with registry.session() as s:
         for res in results:
             cmp_row = Comparison(
@@ -360,8 +383,7 @@ def compare(
             s.add(cmp_row)
             s.flush()
             res["comparison_id"] = cmp_row.id
-    return {"group_id": group_id, "alpha": alpha, "n_resamples": n_resamples, "seed": seed,
-            "pairs": [_ordered(r) for r in results]}
+    return group_id
 
 
 _RESULT_COLUMNS = ("finding", "auc_a", "auc_b", "diff", "ci_low", "ci_high", "p_value", "p_delong",

@@ -132,6 +132,79 @@ def _raw_grid(raw_pos: "torch.Tensor | None", model: Any) -> int | None:
     return _grid_of(int(raw_pos.shape[1]), (n_prefix, 0, 1))
 
 
+def _converted(sd: dict, model: Any, target: dict, arch: str, file_label: str) -> dict:
+    """``sd`` in the model's layout, through the family's own converter (timm's checkpoint_filter_fn)."""
+    # The ViT converter would silently resample a different patch size; that is another model.
+    pe = "patch_embed.proj.weight"
+    if pe in sd and pe in target and sd[pe].ndim == 4 and sd[pe].shape[-2:] != target[pe].shape[-2:]:
+        raise WeightsError(
+            f"{file_label} has {tuple(sd[pe].shape[-2:])} patches but {arch} uses "
+            f"{tuple(target[pe].shape[-2:])} - use the matching `arch`"
+        )
+    fn = _filter_fn(model)
+    if fn is None:
+        return sd
+    try:
+        return fn(sd, model)
+    except Exception as exc:  # noqa: BLE001 - a converter failing means the file does not fit
+        fam = _family(list(sd))
+        raise WeightsError(
+            f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
+            f"{first_line(exc)} - use the matching `arch` (and `model_kwargs` for a resized model)"
+        ) from exc
+
+
+def _adapt_first_conv(sd: dict, model: Any, target: dict) -> str | None:
+    """A pretrained RGB first convolution summed or repeated to the model's input channels."""
+    from timm.models import adapt_input_conv
+
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    key = f"{first}.weight" if isinstance(first, str) else None
+    if not (key and key in sd and key in target and sd[key].ndim == 4):
+        return None
+    have, want = int(sd[key].shape[1]), int(target[key].shape[1])
+    if have == want:
+        return None
+    sd[key] = adapt_input_conv(want, sd[key])
+    return f"adapted {have}->{want}"
+
+
+def _refuse_misfit(sd: dict, target: dict, names: tuple[str, ...], drop_head: bool, raw_keys: list[str],
+                   arch: str, file_label: str) -> None:
+    """Missing, unexpected or mis-shaped keys (the head aside) are an error listing them."""
+    missing = [
+        k for k in target
+        if k not in sd and not (drop_head and _is_head(k, names)) and not k.endswith(_OPTIONAL_MISSING_SUFFIXES)
+    ]
+    # listed by name: the order of a file's keys depends on its format
+    unexpected = sorted(k for k in sd if k not in target)
+    mismatched = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
+        for k in sorted(sd)
+        if k in target and tuple(sd[k].shape) != tuple(target[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    fam = _family(raw_keys)
+    parts = [_listing(label, keys) for label, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+             if keys]
+    raise WeightsError(
+        f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
+        + "; ".join(parts)
+        + " - use the matching `arch` (and `model_kwargs` for a resized model); nothing was loaded"
+    )
+
+
+def _pos_embed_record(raw_pos: Any, model: Any) -> str | None:
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    old = _raw_grid(raw_pos, model)
+    if grid is None or old is None:
+        return None
+    new = tuple(int(g) for g in grid)
+    return f"kept {new[0]}x{new[1]}" if (old, old) == new else f"interpolated {old}x{old} -> {new[0]}x{new[1]}"
+
+
 def fit_state_dict(
     state_dict: dict[str, "torch.Tensor"],
     model: "torch.nn.Module",
@@ -146,91 +219,30 @@ def fit_state_dict(
     embeddings, input channels).  Missing, unexpected or mis-shaped keys other
     than the classifier head raise :class:`WeightsError` listing them.
     """
-    from timm.models import adapt_input_conv
-
     arch = arch or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-    sd = dict(state_dict)
-    raw_keys = list(sd)
+    raw_keys = list(state_dict)
     target = model.state_dict()
     names = _classifier_names(model)
-    info: dict[str, Any] = {}
-
-    # The ViT converter would silently resample a different patch size; that is another model.
-    pe = "patch_embed.proj.weight"
-    if pe in sd and pe in target and sd[pe].ndim == 4 and sd[pe].shape[-2:] != target[pe].shape[-2:]:
-        raise WeightsError(
-            f"{file_label} has {tuple(sd[pe].shape[-2:])} patches but {arch} uses "
-            f"{tuple(target[pe].shape[-2:])} - use the matching `arch`"
-        )
-    raw_pos = sd.get("pos_embed")
-    fn = _filter_fn(model)
-    if fn is not None:
-        try:
-            sd = fn(sd, model)
-        except Exception as exc:  # noqa: BLE001 - a converter failing means the file does not fit
-            fam = _family(raw_keys)
-            raise WeightsError(
-                f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
-                f"{first_line(exc)} "
-                "- use the matching `arch` (and `model_kwargs` for a resized model)"
-            ) from exc
+    sd = _converted(dict(state_dict), model, target, arch, file_label)
     ignored = sorted(set(raw_keys) - set(sd) - {k for k in raw_keys if _is_head(k, names)})
-
     head_keys = sorted(k for k in sd if _is_head(k, names))
     if drop_head:
         for k in head_keys:
             sd.pop(k)
-
-    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
-    first_key = f"{first}.weight" if isinstance(first, str) else None
-    if first_key and first_key in sd and first_key in target:
-        have, want = int(sd[first_key].shape[1]), int(target[first_key].shape[1])
-        if have != want and sd[first_key].ndim == 4:
-            sd[first_key] = adapt_input_conv(want, sd[first_key])
-            info["in_chans"] = f"adapted {have}->{want}"
-
-    missing = [
-        k for k in target
-        if k not in sd
-        and not (drop_head and _is_head(k, names))
-        and not k.endswith(_OPTIONAL_MISSING_SUFFIXES)
-    ]
-    # listed by name: the order of a file's keys depends on its format
-    unexpected = sorted(k for k in sd if k not in target)
-    mismatched = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
-        for k in sorted(sd)
-        if k in target and tuple(sd[k].shape) != tuple(target[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        fam = _family(raw_keys)
-        parts = []
-        if missing:
-            parts.append(_listing("missing keys", missing))
-        if unexpected:
-            parts.append(_listing("unexpected keys", unexpected))
-        if mismatched:
-            parts.append(_listing("shape mismatches", mismatched))
-        raise WeightsError(
-            f"{file_label} does not fit {arch}{f' (it looks like {fam})' if fam else ''}: "
-            + "; ".join(parts)
-            + " - use the matching `arch` (and `model_kwargs` for a resized model); nothing was loaded"
-        )
-
+    info: dict[str, Any] = {}
+    adapted = _adapt_first_conv(sd, model, target)
+    if adapted:
+        info["in_chans"] = adapted
+    _refuse_misfit(sd, target, names, drop_head, raw_keys, arch, file_label)
     info["loaded_keys"] = len(sd)
     info["head"] = "new" if drop_head or not head_keys else "loaded"
     if head_keys and drop_head:
         info["head_dropped"] = head_keys
     if ignored:
         info["ignored_keys"] = ignored
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    old = _raw_grid(raw_pos, model)
-    if grid is not None and old is not None:
-        new = tuple(int(g) for g in grid)
-        if (old, old) == new:
-            info["pos_embed"] = f"kept {new[0]}x{new[1]}"
-        else:
-            info["pos_embed"] = f"interpolated {old}x{old} -> {new[0]}x{new[1]}"
+    pos = _pos_embed_record(state_dict.get("pos_embed"), model)
+    if pos:
+        info["pos_embed"] = pos
     return sd, info
 
 

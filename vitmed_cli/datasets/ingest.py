@@ -130,20 +130,104 @@ def _check_same_labels(s, ds: Dataset, records: RecordSet) -> None:
     )
 
 
-def _register(
-    registry: Registry,
-    *,
-    name: str,
-    fmt: str,
-    source: Path,
-    image_size: int,
-    records: RecordSet,
-    label_policy: str | None,
-    options: dict[str, Any],
-    cache_dir: Path,
-) -> tuple[int, str, int]:
+def _dataset_row(s, *, name: str, fmt: str, source: Path, image_size: int, records: RecordSet,
+                 label_policy: str | None, options: dict[str, Any], cache_dir: Path) -> Dataset:
+    """The dataset's row: a new one, or the registered one when the re-ingest fits it."""
+    ds = s.scalar(select(Dataset).where(Dataset.name == name))
+    if ds is None:
+        ds = Dataset(name=name, format=fmt, source_path=str(source), image_size=image_size,
+                     has_patient_ids=records.has_patient_ids, label_policy=label_policy,
+                     options=options, notes="; ".join(records.notes) or None)
+        s.add(ds)
+        s.flush()
+        cache = cache_dir / f"{_slug(name)}-{ds.id}-{image_size}px.npy"
+        if cache.exists():  # left by a deleted dataset that had the same id
+            cache.unlink()
+        ds.cache_path = str(cache)
+        return ds
+    if ds.format != fmt or ds.source_path != str(source):
+        raise AlreadyExists(
+            f"dataset {name!r} is already registered from {ds.format} {ds.source_path} - "
+            f"choose a new `name` or remove it first: vitmed datasets delete {name}"
+        )
+    if ds.image_size != image_size:
+        raise AlreadyExists(
+            f"dataset {name!r} was ingested at `image_size` {ds.image_size} - re-run with "
+            f"`image_size` {ds.image_size}, or use a new `name` for another size"
+        )
+    if (ds.label_policy or None) != (label_policy or None):
+        raise AlreadyExists(
+            f"dataset {name!r} was ingested with `label_policy` {ds.label_policy} - re-run "
+            "with that policy, or use a new `name`"
+        )
+    _check_same_labels(s, ds, records)
+    # same labels: options derived from the source (non-findings, unlabelled rows) follow the
+    # reader of this vitmed version
+    ds.options = {**(ds.options or {}), **options}
+    return ds
+
+
+def _add_findings(s, ds: Dataset, natives: list[str]) -> np.ndarray:
+    """Register the findings not registered yet; the finding id of each native name, in order."""
+    fmap = harmonise(natives)
+    known = {f.native: f for f in ds.findings}
+    next_pos = len(known)
+    used = {f.canonical for f in ds.findings}
+    for canonical, native in fmap.pairs:
+        if native in known:
+            continue
+        if canonical in used:
+            canonical = native
+        f = Finding(dataset_id=ds.id, canonical=canonical, native=native, position=next_pos)
+        s.add(f)
+        known[native] = f
+        used.add(canonical)
+        next_pos += 1
+    s.flush()
+    return np.array([known[n].id for n in fmap.native], dtype=np.int64)
+
+
+def _insert_images(conn, dataset_id: int, frame: pd.DataFrame, new_idx: np.ndarray) -> np.ndarray:
+    """Insert the rows ``new_idx`` of ``frame`` as images; their new ids, in that order."""
+    table = Image.__table__
+    for start in range(0, len(new_idx), INSERT_BATCH):
+        sub = frame.iloc[new_idx[start : start + INSERT_BATCH]]
+        rows = [
+            {"dataset_id": dataset_id, **{c: _none(v) for c, v in zip(IMAGE_COLUMNS, rec)}}
+            for rec in sub.itertuples(index=False, name=None)
+        ]
+        for r in rows:
+            if r["age"] is not None:
+                r["age"] = float(r["age"])
+            r["key"] = str(r["key"])
+        conn.execute(table.insert(), rows)
+    new_keys = set(frame["key"].iloc[new_idx].astype(str))
+    id_of = {
+        k: i
+        for k, i in conn.execute(select(table.c.key, table.c.id).where(table.c.dataset_id == dataset_id))
+        if k in new_keys
+    }
+    return np.array([id_of[str(k)] for k in frame["key"].iloc[new_idx]], dtype=np.int64)
+
+
+def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids: np.ndarray) -> None:
+    """One row per labelled (image, finding); NaN (not mentioned) has no row."""
+    ltable = Label.__table__
+    step = max(1, 100_000 // max(1, labels.shape[1]))
+    for start in range(0, len(image_ids), step):
+        block = labels[start : start + step]
+        r, c = np.nonzero(~np.isnan(block))
+        if not len(r):
+            continue
+        vals = block[r, c].astype(np.int64)
+        conn.execute(ltable.insert(), [
+            {"image_id": int(i), "finding_id": int(f), "value": int(v)}
+            for i, f, v in zip(image_ids[start + r], finding_ids[c], vals)
+        ])
+
+
+def _register(registry: Registry, *, records: RecordSet, source: Path, **dataset: Any) -> tuple[int, str, int]:
     """Dataset, findings, new images and their labels in ONE transaction: (id, cache path, n new)."""
-    fmap = harmonise(records.natives)
     dup = records.images["key"][records.images["key"].duplicated()]
     if len(dup):
         raise InputError(
@@ -151,101 +235,15 @@ def _register(
             "each image may appear once"
         )
     with registry.session() as s:
-        ds = s.scalar(select(Dataset).where(Dataset.name == name))
-        if ds is not None:
-            if ds.format != fmt or ds.source_path != str(source):
-                raise AlreadyExists(
-                    f"dataset {name!r} is already registered from {ds.format} {ds.source_path} - "
-                    f"choose a new `name` or remove it first: vitmed datasets delete {name}"
-                )
-            if ds.image_size != image_size:
-                raise AlreadyExists(
-                    f"dataset {name!r} was ingested at `image_size` {ds.image_size} - re-run with "
-                    f"`image_size` {ds.image_size}, or use a new `name` for another size"
-                )
-            if (ds.label_policy or None) != (label_policy or None):
-                raise AlreadyExists(
-                    f"dataset {name!r} was ingested with `label_policy` {ds.label_policy} - re-run "
-                    "with that policy, or use a new `name`"
-                )
-            _check_same_labels(s, ds, records)
-            # same labels: options derived from the source (non-findings, unlabelled rows)
-            # follow the reader of this vitmed version
-            ds.options = {**(ds.options or {}), **options}
-        else:
-            ds = Dataset(
-                name=name,
-                format=fmt,
-                source_path=str(source),
-                image_size=image_size,
-                has_patient_ids=records.has_patient_ids,
-                label_policy=label_policy,
-                options=options,
-                notes="; ".join(records.notes) or None,
-            )
-            s.add(ds)
-            s.flush()
-            cache = cache_dir / f"{_slug(name)}-{ds.id}-{image_size}px.npy"
-            if cache.exists():  # left by a deleted dataset that had the same id
-                cache.unlink()
-            ds.cache_path = str(cache)
-        known = {f.native: f for f in ds.findings}
-        next_pos = len(known)
-        used = {f.canonical for f in ds.findings}
-        for canonical, native in fmap.pairs:
-            if native in known:
-                continue
-            if canonical in used:
-                canonical = native
-            f = Finding(dataset_id=ds.id, canonical=canonical, native=native, position=next_pos)
-            s.add(f)
-            known[native] = f
-            used.add(canonical)
-            next_pos += 1
-        s.flush()
-        finding_ids = np.array([known[n].id for n in fmap.native], dtype=np.int64)
-
+        ds = _dataset_row(s, records=records, source=source, **dataset)
+        finding_ids = _add_findings(s, ds, records.natives)
         existing = set(s.scalars(select(Image.key).where(Image.dataset_id == ds.id)))
         frame = records.images
         new_idx = np.flatnonzero(~frame["key"].isin(existing).to_numpy()) if existing else np.arange(len(frame))
-        table = Image.__table__
-        conn = s.connection()
-        cols = [c for c in IMAGE_COLUMNS]
-        for start in range(0, len(new_idx), INSERT_BATCH):
-            sub = frame.iloc[new_idx[start : start + INSERT_BATCH]]
-            rows = [
-                {"dataset_id": ds.id, **{c: _none(v) for c, v in zip(cols, rec)}}
-                for rec in sub.itertuples(index=False, name=None)
-            ]
-            for r in rows:
-                if r["age"] is not None:
-                    r["age"] = float(r["age"])
-                r["key"] = str(r["key"])
-            conn.execute(table.insert(), rows)
         if len(new_idx):
-            new_keys = set(frame["key"].iloc[new_idx].astype(str))
-            id_of = {
-                k: i
-                for k, i in conn.execute(select(table.c.key, table.c.id).where(table.c.dataset_id == ds.id))
-                if k in new_keys
-            }
-            image_ids = np.array([id_of[str(k)] for k in frame["key"].iloc[new_idx]], dtype=np.int64)
-            labels = records.labels[new_idx]
-            ltable = Label.__table__
-            step = max(1, 100_000 // max(1, labels.shape[1]))
-            for start in range(0, len(new_idx), step):
-                block = labels[start : start + step]
-                r, c = np.nonzero(~np.isnan(block))
-                if not len(r):
-                    continue
-                vals = block[r, c].astype(np.int64)
-                conn.execute(
-                    ltable.insert(),
-                    [
-                        {"image_id": int(i), "finding_id": int(f), "value": int(v)}
-                        for i, f, v in zip(image_ids[start + r], finding_ids[c], vals)
-                    ],
-                )
+            conn = s.connection()
+            image_ids = _insert_images(conn, ds.id, frame, new_idx)
+            _insert_labels(conn, records.labels[new_idx], image_ids, finding_ids)
         return ds.id, ds.cache_path, len(new_idx)
 
 
@@ -320,6 +318,75 @@ def build_cache(
     return stats
 
 
+def _read(fmt: str, path: Path, format_options: dict[str, Any]) -> tuple[RecordSet, Path, str | None, dict]:
+    """Read the download: (records, source path, label policy, dataset options to store)."""
+    given = check_options(fmt, format_options)
+    label_policy = None
+    if "label_policy" in READERS[fmt].options:
+        label_policy = LabelPolicy.parse(given.get("label_policy", LabelPolicy.majority), "label_policy").value
+        given["label_policy"] = label_policy
+    source = Path(path).expanduser().resolve()
+    if fmt != Format.synthetic.value and not source.exists():
+        raise InputError(f"{source} does not exist - give the folder (or file) of the {fmt} download")
+    records = READERS[fmt].read(source, **given)
+    options = {k: v for k, v in given.items() if k != "label_policy"}
+    options.update(records.options)
+    return records, source, label_policy, options
+
+
+def _notes(records: RecordSet, stats: dict[str, Any]) -> list[str]:
+    notes = list(records.notes)
+    imgs = records.images
+    odd = imgs.loc[(imgs["view"] == "unknown") & imgs["view_native"].notna(), "view_native"]
+    if len(odd) and (imgs["view"] != "unknown").any():
+        codes = ", ".join(sorted({str(c) for c in odd})[:5])
+        notes.append(f"{len(odd)} image(s) with view codes that are neither frontal nor lateral "
+                     f"({codes}) are registered as 'unknown' and left out of training and evaluation")
+    if stats["inverted"] and not records.invert_keys:
+        notes.append(f"{len(stats['inverted'])} MONOCHROME1 image(s) inverted so that 0 is black")
+    return notes
+
+
+def _counts(registry: Registry, dataset_id: int, has_patient_ids: bool, inverted: list[int]) -> dict[str, Any]:
+    """What the registry holds for the dataset after the ingest."""
+    t = Image.__table__
+    unreadable = (t.c.dataset_id == dataset_id) & t.c.readable.is_(False)
+    with registry.session() as s:
+        out: dict[str, Any] = {
+            "n_images": s.scalar(select(func.count()).where(t.c.dataset_id == dataset_id)),
+            "n_unreadable": s.scalar(select(func.count()).where(unreadable)),
+            "n_patients": s.scalar(
+                select(func.count(func.distinct(t.c.patient_id))).where(
+                    t.c.dataset_id == dataset_id, t.c.patient_id.is_not(None))
+            ) if has_patient_ids else None,
+            "errors": [{"key": k, "error": e} for k, e in s.execute(
+                select(t.c.key, t.c.error).where(unreadable).order_by(t.c.id).limit(10))],
+            "findings": list(s.scalars(select(Finding.canonical).where(Finding.dataset_id == dataset_id)
+                                       .order_by(Finding.position))),
+            "first_bad": s.execute(select(t.c.source_path, t.c.key, t.c.error).where(unreadable)
+                                   .order_by(t.c.id).limit(1)).first(),
+        }
+        for _key, src in s.execute(select(t.c.key, t.c.source_path).where(t.c.id.in_(inverted[:3]))):
+            log.warning("%s is MONOCHROME1: inverted so that 0 is black", src)
+    return out
+
+
+def _refuse_all_unreadable(name: str, source: Path, n_images: int, first_bad) -> None:
+    """No image could be read: an error naming the first file (the registration is kept, so a
+    re-run after fixing the files resumes)."""
+    src, key, error = first_bad
+    try:
+        shown = Path(src).relative_to(source if source.is_dir() else source.parent).as_posix()
+    except (TypeError, ValueError):
+        shown = str(key)
+    error = " ".join(str(error or "unreadable").split())
+    error = error if len(error) <= 200 else error[:197] + "..."
+    raise InputError(
+        f"none of the {n_images} images of {name!r} could be read (first: {shown}: {error}) - check the "
+        "files; the dataset is registered so a re-run after fixing them resumes"
+    )
+
+
 def ingest_dataset(
     registry: Registry,
     fmt: str,
@@ -345,18 +412,7 @@ def ingest_dataset(
         raise ConfigError(f"`image_size` must be between 16 and 2048 pixels (got {image_size})")
     if workers is not None and workers < 1:
         raise ConfigError(f"`workers` must be at least 1 (got {workers})")
-    given = check_options(fmt, format_options)
-    label_policy = None
-    if "label_policy" in READERS[fmt].options:
-        label_policy = LabelPolicy.parse(given.get("label_policy", LabelPolicy.majority), "label_policy").value
-        given["label_policy"] = label_policy
-    source = Path(path).expanduser().resolve()
-    if fmt != Format.synthetic.value and not source.exists():
-        raise InputError(f"{source} does not exist - give the folder (or file) of the {fmt} download")
-    records = READERS[fmt].read(source, **given)
-    options = {k: v for k, v in given.items() if k != "label_policy"}
-    options.update(records.options)
-    fmap = harmonise(records.natives)
+    records, source, label_policy, options = _read(fmt, path, format_options)
     dataset_id, cache_path, n_new = _register(
         registry, name=name, fmt=fmt, source=source, image_size=int(image_size),
         records=records, label_policy=label_policy, options=options,
@@ -364,80 +420,14 @@ def ingest_dataset(
     )
     stats = build_cache(registry, dataset_id, workers=workers, invert_keys=records.invert_keys,
                         on_event=on_event)
-    notes = list(records.notes)
-    imgs = records.images
-    if "view" in imgs and "view_native" in imgs:
-        odd = imgs.loc[(imgs["view"] == "unknown") & imgs["view_native"].notna(), "view_native"]
-        if len(odd) and (imgs["view"] != "unknown").any():
-            codes = ", ".join(sorted({str(c) for c in odd})[:5])
-            notes.append(f"{len(odd)} image(s) with view codes that are neither frontal nor lateral "
-                         f"({codes}) are registered as 'unknown' and left out of training and evaluation")
-    if stats["inverted"] and not records.invert_keys:
-        notes.append(f"{len(stats['inverted'])} MONOCHROME1 image(s) inverted so that 0 is black")
-    with registry.session() as s:
-        t = Image.__table__
-        n_images = s.scalar(select(func.count()).where(t.c.dataset_id == dataset_id))
-        n_unreadable = s.scalar(select(func.count()).where(t.c.dataset_id == dataset_id, t.c.readable.is_(False)))
-        n_patients = (
-            s.scalar(
-                select(func.count(func.distinct(t.c.patient_id))).where(
-                    t.c.dataset_id == dataset_id, t.c.patient_id.is_not(None)
-                )
-            )
-            if records.has_patient_ids
-            else None
-        )
-        errors = [
-            {"key": k, "error": e}
-            for k, e in s.execute(
-                select(t.c.key, t.c.error)
-                .where(t.c.dataset_id == dataset_id, t.c.readable.is_(False))
-                .order_by(t.c.id)
-                .limit(10)
-            )
-        ]
-        if stats["inverted"]:
-            for key, src in s.execute(select(t.c.key, t.c.source_path).where(t.c.id.in_(stats["inverted"][:3]))):
-                log.warning("%s is MONOCHROME1: inverted so that 0 is black", src)
-        findings = list(
-            s.scalars(select(Finding.canonical).where(Finding.dataset_id == dataset_id).order_by(Finding.position))
-        )
-        first_bad = None
-        if n_images and n_unreadable == n_images:
-            first_bad = s.execute(
-                select(t.c.source_path, t.c.key, t.c.error)
-                .where(t.c.dataset_id == dataset_id, t.c.readable.is_(False))
-                .order_by(t.c.id)
-                .limit(1)
-            ).first()
-    if first_bad is not None:
-        # Kept registered (not rolled back): fixing the files and re-running resumes.
-        src, key, error = first_bad
-        try:
-            shown = Path(src).relative_to(source if source.is_dir() else source.parent).as_posix()
-        except (TypeError, ValueError):
-            shown = str(key)
-        error = " ".join(str(error or "unreadable").split())
-        error = error if len(error) <= 200 else error[:197] + "..."
-        raise InputError(
-            f"none of the {n_images} images of {name!r} could be read (first: {shown}: {error}) - check the "
-            "files; the dataset is registered so a re-run after fixing them resumes"
-        )
+    counts = _counts(registry, dataset_id, records.has_patient_ids, stats["inverted"])
+    if counts["n_images"] and counts["n_unreadable"] == counts["n_images"]:
+        _refuse_all_unreadable(name, source, counts["n_images"], counts["first_bad"])
     return IngestSummary(
-        dataset_id=dataset_id,
-        name=name,
-        format=fmt,
-        n_images=n_images,
-        n_ingested=stats["n_ingested"],
-        n_unreadable=n_unreadable,
-        n_skipped_existing=stats["n_skipped_existing"],
-        n_patients=n_patients,
-        findings=findings,
-        unmapped_findings=list(fmap.unmapped),
-        notes=notes,
-        seconds=round(time.perf_counter() - started, 3),
-        n_new_images=n_new,
-        image_size=int(image_size),
-        cache_path=cache_path,
-        errors=errors,
+        dataset_id=dataset_id, name=name, format=fmt, n_images=counts["n_images"],
+        n_ingested=stats["n_ingested"], n_unreadable=counts["n_unreadable"],
+        n_skipped_existing=stats["n_skipped_existing"], n_patients=counts["n_patients"],
+        findings=counts["findings"], unmapped_findings=list(harmonise(records.natives).unmapped),
+        notes=_notes(records, stats), seconds=round(time.perf_counter() - started, 3),
+        n_new_images=n_new, image_size=int(image_size), cache_path=cache_path, errors=counts["errors"],
     )

@@ -73,9 +73,23 @@ class _Scored:
     y: np.ndarray  # after the uncertain policy, NaN = left out
 
 
-def load_run_model(session, run: Run, role: str = "best") -> tuple[torch.nn.Module, Checkpoint]:
-    """The run's architecture with its ``role`` checkpoint loaded (strict), after checking the
-    file's sha256 against the registry."""
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """What loading a run's checkpoint needs, read from the registry (no ORM row leaves it)."""
+
+    run_id: int
+    role: str
+    checkpoint_id: int
+    path: Path
+    sha256: str
+    arch: str
+    image_size: int
+    findings: tuple[str, ...]
+    model_kwargs: dict[str, Any]
+
+
+def run_checkpoint(session, run: Run, role: str = "best") -> RunCheckpoint:
+    """The run's ``role`` checkpoint as registered; NotFound naming the fix when there is none."""
     role = RunRole.parse(role, "checkpoint").value
     ckpt = session.scalar(
         select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.role == role)
@@ -84,27 +98,38 @@ def load_run_model(session, run: Run, role: str = "best") -> tuple[torch.nn.Modu
     if ckpt is None:
         hint = (f"continue it with vitmed finetune --resume {run.id}"
                 if run.status in ("interrupted", "failed", "running") else "choose another run")
+        raise NotFound(f"run {run.id} has no {role!r} checkpoint (status {run.status}) - {hint}")
+    return RunCheckpoint(
+        run_id=run.id, role=role, checkpoint_id=ckpt.id, path=Path(ckpt.path or ""), sha256=ckpt.sha256,
+        arch=run.arch, image_size=int(run.image_size), findings=tuple(ckpt.findings or run.findings),
+        model_kwargs=dict((run.config or {}).get("model_kwargs") or {}),
+    )
+
+
+def load_checkpoint_model(ck: RunCheckpoint) -> torch.nn.Module:
+    """The run's architecture with the checkpoint loaded (strict), read once and refused unless
+    its sha256 is the registered one (a damaged or swapped file never scores)."""
+    if not ck.path.is_file():
         raise NotFound(
-            f"run {run.id} has no {role!r} checkpoint (status {run.status}) - {hint}"
-        )
-    path = Path(ckpt.path or "")
-    if not path.is_file():
-        raise NotFound(
-            f"the {role} checkpoint of run {run.id} points at {path}, which no longer exists - "
+            f"the {ck.role} checkpoint of run {ck.run_id} points at {ck.path}, which no longer exists - "
             "restore the file or train the run again"
         )
-    state, _ = read_weights(path, sha256=ckpt.sha256, what=f"the {role} checkpoint of run {run.id}")
-    kwargs = dict((run.config or {}).get("model_kwargs") or {})
-    findings = list(ckpt.findings or run.findings)
-    model, _ = create_model(run.arch, len(findings), int(run.image_size), **kwargs)
+    state, _ = read_weights(ck.path, sha256=ck.sha256, what=f"the {ck.role} checkpoint of run {ck.run_id}")
+    model, _ = create_model(ck.arch, len(ck.findings), ck.image_size, **ck.model_kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise TrainingError(
-            f"the {role} checkpoint of run {run.id} ({path}) does not fit {run.arch}: "
+            f"the {ck.role} checkpoint of run {ck.run_id} ({ck.path}) does not fit {ck.arch}: "
             f"{first_line(exc)} - the file was changed after the run; train it again"
         ) from exc
-    return model, ckpt
+    return model
+
+
+def load_run_model(session, run: Run, role: str = "best") -> tuple[torch.nn.Module, RunCheckpoint]:
+    """The run's architecture with its ``role`` checkpoint loaded (see :func:`load_checkpoint_model`)."""
+    ck = run_checkpoint(session, run, role)
+    return load_checkpoint_model(ck), ck
 
 
 def _score(model, part: PartData, cols: list[int], *, batch_size: int, device, num_workers: int,
@@ -134,6 +159,56 @@ def _refuse_leak(session, run: Run, sp, part: str) -> None:
         )
 
 
+@dataclass
+class _Target:
+    """What one prediction scores: the dataset part (and its validation part, for thresholds)."""
+
+    dataset_id: int
+    dataset: str
+    split_id: int
+    split: str
+    part: PartData
+    val: PartData
+    frontal_only: bool
+    uncertain: str
+
+
+def _target(session, run: Run, dataset: str | None, split: str | None, part: str) -> _Target:
+    if dataset is None or dataset == run.dataset.name:
+        ds = run.dataset
+        sp = run.split if split is None else get_split(session, ds, split)
+    else:
+        ds = get_dataset(session, dataset)
+        sp = get_split(session, ds, split)
+    if ds.id == run.dataset_id and run.split_id is not None and sp.id != run.split_id:
+        _refuse_leak(session, run, sp, part)
+    check_cache(ds)
+    train_cfg = (run.config or {}).get("train") or {}
+    frontal = bool(train_cfg.get("frontal_only", True))
+    target = load_part(session, ds, sp, part, frontal_only=frontal)
+    val = load_part(session, ds, sp, "val", frontal_only=frontal) if part != "val" else target
+    return _Target(ds.id, ds.name, sp.id, sp.name, target, val, frontal,
+                   train_cfg.get("uncertain", "zeros"))
+
+
+def _finding_metrics(findings: list[str], scored: _Scored, val: _Scored | None) -> list[dict[str, Any]]:
+    """Per finding: AUC, and sensitivity/specificity/accuracy at the validation part's Youden threshold."""
+    aucs = np.asarray(roc_auc(scored.y, scored.probs), dtype=float).reshape(-1)
+    metrics: list[dict[str, Any]] = []
+    for j, f in enumerate(findings):
+        y = scored.y[:, j]
+        thr = finite_or_none(youden_threshold(val.y[:, j], val.probs[:, j])) if val is not None else None
+        tm = threshold_metrics(y, scored.probs[:, j], thr) if thr is not None else {}
+        metrics.append({
+            "finding": f, "auc": finite_or_none(aucs[j]), "threshold": thr,
+            "sensitivity": finite_or_none(tm.get("sensitivity")),
+            "specificity": finite_or_none(tm.get("specificity")),
+            "accuracy": finite_or_none(tm.get("accuracy")),
+            "n_positive": int(np.sum(y == 1)), "n_negative": int(np.sum(y == 0)),
+        })
+    return metrics
+
+
 def predict(
     registry: Registry,
     *,
@@ -154,88 +229,58 @@ def predict(
     dev = resolve_device(device)
     with registry.session() as s:
         run = get_run(s, run_id)
-        model, ckpt = load_run_model(s, run, checkpoint)
-        model_findings = list(ckpt.findings or run.findings)
-        if dataset is None or dataset == run.dataset.name:
-            ds = run.dataset
-            sp = run.split if split is None else get_split(s, ds, split)
-        else:
-            ds = get_dataset(s, dataset)
-            sp = get_split(s, ds, split)
-        if ds.id == run.dataset_id and run.split_id is not None and sp.id != run.split_id:
-            _refuse_leak(s, run, sp, part)
-        check_cache(ds)
-        frontal = bool(((run.config or {}).get("train") or {}).get("frontal_only", True))
-        target = load_part(s, ds, sp, part, frontal_only=frontal)
-        val = load_part(s, ds, sp, "val", frontal_only=frontal) if part != "val" else target
-        uncertain = ((run.config or {}).get("train") or {}).get("uncertain", "zeros")
-        ds_name, sp_name, ds_id, sp_id = ds.name, sp.name, ds.id, sp.id
-        init_name, run_image_size = run.init_name, int(run.image_size)
-        ckpt_id, ckpt_sha = ckpt.id, ckpt.sha256
-
-    shared = [f for f in model_findings if f in target.findings]
-    skipped = [f for f in model_findings if f not in target.findings] + [
-        f for f in target.findings if f not in model_findings
+        ck = run_checkpoint(s, run, checkpoint)
+        tgt = _target(s, run, dataset, split, part)
+        init_name = run.init_name
+    model_findings = list(ck.findings)
+    shared = [f for f in model_findings if f in tgt.part.findings]
+    skipped = [f for f in model_findings if f not in tgt.part.findings] + [
+        f for f in tgt.part.findings if f not in model_findings
     ]
     if not shared:
         raise TrainingError(
-            f"run {run_id} predicts {', '.join(model_findings)} but dataset {ds_name!r} has none of "
-            f"these findings ({', '.join(target.findings)}) - evaluate it on a dataset that shares "
+            f"run {run_id} predicts {', '.join(model_findings)} but dataset {tgt.dataset!r} has none of "
+            f"these findings ({', '.join(tgt.part.findings)}) - evaluate it on a dataset that shares "
             "findings (harmonised names)"
         )
-    if len(target) == 0:
+    if len(tgt.part) == 0:
         raise TrainingError(
-            f"the {part} part of split {sp_name!r} of dataset {ds_name!r} has no usable images - "
+            f"the {part} part of split {tgt.split!r} of dataset {tgt.dataset!r} has no usable images - "
             "choose another `part` or `split`"
         )
+    # read (and checked against its sha256) outside any transaction: a ViT-B file takes seconds
+    model = load_checkpoint_model(ck).to(dev)
     cols = [model_findings.index(f) for f in shared]
-    target = target.select_findings(shared)
-    val = val.select_findings(shared)
-    model = model.to(dev)
+    target, val = tgt.part.select_findings(shared), tgt.val.select_findings(shared)
     mean, std = model_norm(model)
-    kw = dict(batch_size=batch_size, device=dev, num_workers=num_workers, uncertain=uncertain,
-              image_size=run_image_size, mean=mean, std=std, n_outputs=len(model_findings))
+    kw = dict(batch_size=batch_size, device=dev, num_workers=num_workers, uncertain=tgt.uncertain,
+              image_size=ck.image_size, mean=mean, std=std, n_outputs=len(model_findings))
     scored = _score(model, target, cols, **kw)
     val_scored = scored if part == "val" else (_score(model, val, cols, **kw) if len(val) else None)
-
-    aucs = np.asarray(roc_auc(scored.y, scored.probs), dtype=float).reshape(-1)
-    metrics: list[dict[str, Any]] = []
-    for j, f in enumerate(shared):
-        y = scored.y[:, j]
-        thr = None
-        if val_scored is not None:
-            t = youden_threshold(val_scored.y[:, j], val_scored.probs[:, j])
-            thr = finite_or_none(t)
-        tm = threshold_metrics(y, scored.probs[:, j], thr) if thr is not None else {}
-        metrics.append({
-            "finding": f, "auc": finite_or_none(aucs[j]), "threshold": thr,
-            "sensitivity": finite_or_none(tm.get("sensitivity")), "specificity": finite_or_none(tm.get("specificity")),
-            "accuracy": finite_or_none(tm.get("accuracy")),
-            "n_positive": int(np.sum(y == 1)), "n_negative": int(np.sum(y == 0)),
-        })
-    finite = aucs[np.isfinite(aucs)]
-    macro = float(finite.mean()) if finite.size else None
-
+    metrics = _finding_metrics(shared, scored, val_scored)
+    aucs = np.array([m["auc"] if m["auc"] is not None else np.nan for m in metrics], dtype=float)
+    macro = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else None
     with registry.session() as s:
         ev = Evaluation(
-            name=name or f"run{run_id}-{init_name}-{ds_name}-{part}",
-            source="predict", run_id=run_id, checkpoint_id=ckpt_id, dataset_id=ds_id,
-            split_id=sp_id, part=part, init_name=init_name, n_images=len(target),
-            macro_auc=macro, skipped_findings=skipped, uncertain_policy=uncertain,
-            config={"checkpoint": checkpoint, "checkpoint_sha256": ckpt_sha,
+            name=name or f"run{run_id}-{init_name}-{tgt.dataset}-{part}",
+            source="predict", run_id=run_id, checkpoint_id=ck.checkpoint_id, dataset_id=tgt.dataset_id,
+            split_id=tgt.split_id, part=part, init_name=init_name, n_images=len(target),
+            macro_auc=macro, skipped_findings=skipped, uncertain_policy=tgt.uncertain,
+            config={"checkpoint": ck.role, "checkpoint_sha256": ck.sha256,
                     "threshold_part": "val" if val_scored is not None else None,
                     "model_findings": model_findings, "batch_size": batch_size,
-                    "device": str(dev), "frontal_only": frontal},
+                    "device": str(dev), "frontal_only": tgt.frontal_only},
         )
         eval_id = store_evaluation(s, ev, metrics=metrics, image_ids=target.image_ids,
                                    finding_ids=target.finding_ids, probabilities=scored.probs,
                                    labels=scored.y)
     return PredictResult(
-        evaluation_id=eval_id, run_id=run_id, dataset=ds_name, split=sp_name, part=part,
-        checkpoint=checkpoint, n_images=len(target), macro_auc=macro,
+        evaluation_id=eval_id, run_id=run_id, dataset=tgt.dataset, split=tgt.split, part=part,
+        checkpoint=ck.role, n_images=len(target), macro_auc=macro,
         auc={m["finding"]: m["auc"] for m in metrics}, metrics=metrics, skipped_findings=skipped,
         threshold_part="val" if val_scored is not None else None,
     )
 
 
-__all__ = ["CHECKPOINT_ROLES", "PredictResult", "load_run_model", "predict"]
+__all__ = ["CHECKPOINT_ROLES", "PredictResult", "RunCheckpoint", "load_checkpoint_model",
+           "load_run_model", "predict", "run_checkpoint"]

@@ -124,102 +124,97 @@ def _bootstrap(session, ev: Evaluation, n_resamples: int, seed: int):
     return arrays, (boot, [arrays.findings[j] for j in keep])
 
 
-def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_out: dict,
-                    step: Callable[[str], None]) -> DatasetSection | None:
-    evs = _latest_test_evaluations(session, ds)
-    if not evs:
-        return None
-    n_images = session.scalar(select(func.count()).where(Image.dataset_id == ds.id)) or 0
-    # the images training and evaluation use: the one rule of catalog.used_images
-    n_frontal = session.scalar(
-        select(func.count()).where(Image.dataset_id == ds.id, used_images(ds.id))
-    ) or 0
+def _split_parts(session, ds: Dataset) -> dict[str, dict[str, Any]]:
     splits: dict[str, dict[str, Any]] = {}
     for sp in ds.splits:
         info = split_summary(session, sp)
         parts = {p: v["n_images"] for p, v in info["parts"].items() if v["n_images"]}
         splits[sp.name] = {"seed": sp.seed, "method": sp.method, "by": sp.by, "parts": parts}
+    return splits
 
-    inits: list[InitRow] = []
-    per_finding: list[FindingRow] = []
-    for ev in evs:
-        step(f"{ds.name}: bootstrap of {_eval_init(ev)}")
-        run = ev.run
-        sha = None
-        code_version = None
-        if run is not None:
-            sha = run.init_sha256 or (run.init_checkpoint.sha256 if run.init_checkpoint else None)
-            code_version = run.code_version
-        else:
-            code_version = (ev.config or {}).get("code_version")
-        metrics = {
-            m.finding: m
-            for m in session.scalars(
-                select(EvaluationMetric).where(EvaluationMetric.evaluation_id == ev.id)
-            )
-            if m.finding != MACRO
-        }
-        arrays, boot = _bootstrap(session, ev, n_resamples, seed)
-        row = InitRow(
-            init_name=_eval_init(ev),
-            evaluation_id=ev.id,
-            evaluation_name=ev.name,
-            source=ev.source,
-            run_id=ev.run_id,
-            init_sha256=sha,
-            split=ev.split.name if ev.split else None,
-            split_seed=ev.split.seed if ev.split else None,
-            code_version=code_version,
-            n_images=ev.n_images,
-            created_at=_iso(ev.created_at),
-            auc=finite_or_none(ev.macro_auc),
-            sensitivity=_mean(m.sensitivity for m in metrics.values()),
-            specificity=_mean(m.specificity for m in metrics.values()),
-            accuracy=_mean(m.accuracy for m in metrics.values()),
-            n_findings=len(metrics),
-        )
-        summaries: dict[str, Any] = {}
-        if arrays is not None:
-            arrays_out[ev.id] = arrays
-        if boot is not None:
-            boot, scored = boot
-            mac = boot.macro
-            row.auc = finite_or_none(mac.auc) if row.auc is None else row.auc
-            row.auc_mean, row.auc_sd = finite_or_none(mac.mean), finite_or_none(mac.sd)
-            row.ci_low, row.ci_high = finite_or_none(mac.ci_low), finite_or_none(mac.ci_high)
-            row.n_degenerate, row.n_resamples = mac.n_degenerate, n_resamples
-            summaries = dict(zip(scored, boot.findings))
-            if not row.n_images:
-                row.n_images = len(arrays.image_ids)
-        inits.append(row)
-        names = [f.canonical for f in ds.findings]
-        names += [n for n in list(metrics) + list(summaries) if n not in names]
-        for name in names:
-            m, s = metrics.get(name), summaries.get(name)
-            if m is None and s is None:
-                continue
-            per_finding.append(FindingRow(
-                finding=name,
-                init_name=row.init_name,
-                evaluation_id=ev.id,
-                auc=finite_or_none(m.auc) if m is not None and m.auc is not None else (finite_or_none(s.auc) if s else None),
-                auc_mean=finite_or_none(s.mean) if s else None,
-                auc_sd=finite_or_none(s.sd) if s else None,
-                ci_low=finite_or_none(s.ci_low) if s else None,
-                ci_high=finite_or_none(s.ci_high) if s else None,
-                threshold=finite_or_none(m.threshold) if m else None,
-                sensitivity=finite_or_none(m.sensitivity) if m else None,
-                specificity=finite_or_none(m.specificity) if m else None,
-                accuracy=finite_or_none(m.accuracy) if m else None,
-                n_positive=m.n_positive if m else None,
-                n_negative=m.n_negative if m else None,
-            ))
-    order = {n: i for i, n in enumerate(f.canonical for f in ds.findings)}
-    init_pos = {r.init_name: i for i, r in enumerate(inits)}
-    per_finding.sort(key=lambda r: (order.get(r.finding, len(order)), r.finding, init_pos[r.init_name]))
 
-    # Every `vitmed compare` stores a new comparison (kept for provenance); the report shows, per
-    # set of compared evaluations (the pair, and the group's evaluations for 3+ models), the latest.
+def _init_row(session, ev: Evaluation, metrics: dict[str, EvaluationMetric]) -> InitRow:
+    """The summary row of one evaluation, before its bootstrap."""
+    run = ev.run
+    if run is not None:
+        sha = run.init_sha256 or (run.init_checkpoint.sha256 if run.init_checkpoint else None)
+        code_version = run.code_version
+    else:
+        sha, code_version = None, (ev.config or {}).get("code_version")
+    return InitRow(
+        init_name=_eval_init(ev),
+        evaluation_id=ev.id,
+        evaluation_name=ev.name,
+        source=ev.source,
+        run_id=ev.run_id,
+        init_sha256=sha,
+        split=ev.split.name if ev.split else None,
+        split_seed=ev.split.seed if ev.split else None,
+        code_version=code_version,
+        n_images=ev.n_images,
+        created_at=_iso(ev.created_at),
+        auc=finite_or_none(ev.macro_auc),
+        sensitivity=_mean(m.sensitivity for m in metrics.values()),
+        specificity=_mean(m.specificity for m in metrics.values()),
+        accuracy=_mean(m.accuracy for m in metrics.values()),
+        n_findings=len(metrics),
+    )
+
+
+def _finding_row(name: str, row: InitRow, m: EvaluationMetric | None, s: Any) -> FindingRow:
+    """One finding of one evaluation: its stored metrics ``m`` and bootstrap summary ``s``."""
+    auc = finite_or_none(m.auc) if m is not None and m.auc is not None else (finite_or_none(s.auc) if s else None)
+    return FindingRow(
+        finding=name, init_name=row.init_name, evaluation_id=row.evaluation_id, auc=auc,
+        auc_mean=finite_or_none(s.mean) if s else None,
+        auc_sd=finite_or_none(s.sd) if s else None,
+        ci_low=finite_or_none(s.ci_low) if s else None,
+        ci_high=finite_or_none(s.ci_high) if s else None,
+        threshold=finite_or_none(m.threshold) if m else None,
+        sensitivity=finite_or_none(m.sensitivity) if m else None,
+        specificity=finite_or_none(m.specificity) if m else None,
+        accuracy=finite_or_none(m.accuracy) if m else None,
+        n_positive=m.n_positive if m else None,
+        n_negative=m.n_negative if m else None,
+    )
+
+
+def _evaluation_rows(session, ds: Dataset, ev: Evaluation, n_resamples: int, seed: int,
+                     arrays_out: dict) -> tuple[InitRow, list[FindingRow]]:
+    """One evaluation's summary row (bootstrapped macro AUC) and its per-finding rows."""
+    metrics = {
+        m.finding: m
+        for m in session.scalars(select(EvaluationMetric).where(EvaluationMetric.evaluation_id == ev.id))
+        if m.finding != MACRO
+    }
+    row = _init_row(session, ev, metrics)
+    arrays, boot = _bootstrap(session, ev, n_resamples, seed)
+    summaries: dict[str, Any] = {}
+    if arrays is not None:
+        arrays_out[ev.id] = arrays
+    if boot is not None:
+        boot, scored = boot
+        mac = boot.macro
+        row.auc = finite_or_none(mac.auc) if row.auc is None else row.auc
+        row.auc_mean, row.auc_sd = finite_or_none(mac.mean), finite_or_none(mac.sd)
+        row.ci_low, row.ci_high = finite_or_none(mac.ci_low), finite_or_none(mac.ci_high)
+        row.n_degenerate, row.n_resamples = mac.n_degenerate, n_resamples
+        summaries = dict(zip(scored, boot.findings))
+        if not row.n_images:
+            row.n_images = len(arrays.image_ids)
+    names = [f.canonical for f in ds.findings]
+    names += [n for n in list(metrics) + list(summaries) if n not in names]
+    findings = [_finding_row(n, row, metrics.get(n), summaries.get(n))
+                for n in names if n in metrics or n in summaries]
+    return row, findings
+
+
+def _latest_comparisons(session, ds: Dataset) -> list[tuple[Comparison, int]]:
+    """Per set of compared evaluations, the latest stored comparison and how many were stored.
+
+    Every `vitmed compare` stores a new comparison (kept for provenance); the set is the
+    pair, and the group's evaluations for 3+ models.
+    """
     stored = list(session.scalars(
         select(Comparison).where(Comparison.dataset_id == ds.id)
         .order_by(Comparison.created_at, Comparison.id)
@@ -228,42 +223,66 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
     for cmp in stored:
         if cmp.group_id:
             group_evals.setdefault(cmp.group_id, set()).update((cmp.evaluation_a_id, cmp.evaluation_b_id))
-    latest_cmp: dict[tuple, Comparison] = {}
+    latest: dict[tuple, Comparison] = {}
     n_stored: dict[tuple, int] = {}
     for cmp in stored:  # later rows win
         members = group_evals.get(cmp.group_id or "", {cmp.evaluation_a_id, cmp.evaluation_b_id})
         key = (cmp.evaluation_a_id, cmp.evaluation_b_id, frozenset(members))
-        latest_cmp.pop(key, None)
-        latest_cmp[key] = cmp
+        latest.pop(key, None)
+        latest[key] = cmp
         n_stored[key] = n_stored.get(key, 0) + 1
-    comparisons: list[ComparisonTable] = []
-    for key, cmp in sorted(latest_cmp.items(), key=lambda kv: kv[1].id):
-        ev_a, ev_b = session.get(Evaluation, cmp.evaluation_a_id), session.get(Evaluation, cmp.evaluation_b_id)
-        results = sorted(cmp.results, key=lambda r: (r.finding == MACRO, order.get(r.finding, len(order)), r.finding))
-        comparisons.append(ComparisonTable(
-            id=cmp.id, label_a=cmp.label_a, label_b=cmp.label_b,
-            evaluation_a_id=cmp.evaluation_a_id, evaluation_b_id=cmp.evaluation_b_id,
-            run_a_id=ev_a.run_id if ev_a else None, run_b_id=ev_b.run_id if ev_b else None,
-            n_images=cmp.n_images, n_resamples=cmp.n_resamples, seed=cmp.seed,
-            group_id=cmp.group_id, options=dict(cmp.options or {}), created_at=_iso(cmp.created_at),
-            name_a=_eval_init(ev_a) if ev_a else cmp.label_a,
-            name_b=_eval_init(ev_b) if ev_b else cmp.label_b,
-            n_stored=n_stored[key],
-            rows=[ComparisonRow(
-                finding=r.finding, auc_a=finite_or_none(r.auc_a), auc_b=finite_or_none(r.auc_b), diff=finite_or_none(r.diff),
-                ci_low=finite_or_none(r.ci_low), ci_high=finite_or_none(r.ci_high), p_value=finite_or_none(r.p_value),
-                p_delong=finite_or_none(r.p_delong), p_adjusted=finite_or_none(r.p_adjusted),
-                n_positive=r.n_positive, n_negative=r.n_negative,
-            ) for r in results],
-        ))
+    return [(cmp, n_stored[key]) for key, cmp in sorted(latest.items(), key=lambda kv: kv[1].id)]
 
+
+def _comparison_table(session, cmp: Comparison, n_stored: int, order: dict[str, int]) -> ComparisonTable:
+    ev_a, ev_b = session.get(Evaluation, cmp.evaluation_a_id), session.get(Evaluation, cmp.evaluation_b_id)
+    results = sorted(cmp.results, key=lambda r: (r.finding == MACRO, order.get(r.finding, len(order)), r.finding))
+    return ComparisonTable(
+        id=cmp.id, label_a=cmp.label_a, label_b=cmp.label_b,
+        evaluation_a_id=cmp.evaluation_a_id, evaluation_b_id=cmp.evaluation_b_id,
+        run_a_id=ev_a.run_id if ev_a else None, run_b_id=ev_b.run_id if ev_b else None,
+        n_images=cmp.n_images, n_resamples=cmp.n_resamples, seed=cmp.seed,
+        group_id=cmp.group_id, options=dict(cmp.options or {}), created_at=_iso(cmp.created_at),
+        name_a=_eval_init(ev_a) if ev_a else cmp.label_a,
+        name_b=_eval_init(ev_b) if ev_b else cmp.label_b,
+        n_stored=n_stored,
+        rows=[ComparisonRow(
+            finding=r.finding, auc_a=finite_or_none(r.auc_a), auc_b=finite_or_none(r.auc_b),
+            diff=finite_or_none(r.diff), ci_low=finite_or_none(r.ci_low), ci_high=finite_or_none(r.ci_high),
+            p_value=finite_or_none(r.p_value), p_delong=finite_or_none(r.p_delong),
+            p_adjusted=finite_or_none(r.p_adjusted), n_positive=r.n_positive, n_negative=r.n_negative,
+        ) for r in results],
+    )
+
+
+def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_out: dict,
+                    step: Callable[[str], None]) -> DatasetSection | None:
+    evs = _latest_test_evaluations(session, ds)
+    if not evs:
+        return None
+    n_images = session.scalar(select(func.count()).where(Image.dataset_id == ds.id)) or 0
+    # the images training and evaluation use: the one rule of registry.queries.used_images
+    n_frontal = session.scalar(
+        select(func.count()).where(Image.dataset_id == ds.id, used_images(ds.id))
+    ) or 0
+    inits: list[InitRow] = []
+    per_finding: list[FindingRow] = []
+    for ev in evs:
+        step(f"{ds.name}: bootstrap of {_eval_init(ev)}")
+        row, rows = _evaluation_rows(session, ds, ev, n_resamples, seed, arrays_out)
+        inits.append(row)
+        per_finding += rows
+    order = {n: i for i, n in enumerate(f.canonical for f in ds.findings)}
+    init_pos = {r.init_name: i for i, r in enumerate(inits)}
+    per_finding.sort(key=lambda r: (order.get(r.finding, len(order)), r.finding, init_pos[r.init_name]))
+    comparisons = [_comparison_table(session, cmp, n, order) for cmp, n in _latest_comparisons(session, ds)]
     runs = [
         _run_info(session, r)
         for r in session.scalars(select(Run).where(Run.dataset_id == ds.id).order_by(Run.id))
     ]
     return DatasetSection(
         name=ds.name, n_images=n_images, n_images_frontal=n_frontal,
-        findings=[f.canonical for f in ds.findings], splits=splits,
+        findings=[f.canonical for f in ds.findings], splits=_split_parts(session, ds),
         inits=inits, per_finding=per_finding, comparisons=comparisons, runs=runs,
     )
 
