@@ -154,7 +154,8 @@ def test_timm_bin_wrapped_in_state_dict_with_module_prefix(tmp_path):
 def test_resnet_from_a_file_any_timm_arch(registry, tmp_path):
     path, saved = _resnet_pth(tmp_path)
     result = weights.pretrain_load(registry, "file", file=path, arch="test_resnet", name="resnet-test")
-    assert result.init == "resnet-test" and result.n_params is not None
+    counted = sum(p.numel() for p in timm.create_model("test_resnet", pretrained=False, num_classes=0).parameters())
+    assert result.init == "resnet-test" and result.n_params == counted
     with registry.session() as s:
         spec = weights.resolve_init(s, "resnet-test")
     model, info = weights.create_model_from_init(spec, 2, 64)
