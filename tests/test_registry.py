@@ -146,13 +146,14 @@ def test_older_registry_names_the_upgrade_command(tmp_path, monkeypatch):
     """A registry behind the code's head is not touched; the error gives the exact command."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     regdb.open_registry(url).dispose()
-    # Pretend this vitmed ships a revision 0002 on top of the registry's 0001.
-    monkeypatch.setattr(regdb, "head_revision", lambda: "0002")
-    monkeypatch.setattr(regdb, "known_revisions", lambda: {"0001", "0002"})
-    with pytest.raises(SchemaError, match=r"older than this vitmed \(head 0002\).*vitmed --db .* db upgrade"):
+    # Pretend this vitmed ships a revision on top of the registry's head.
+    real_head, known = regdb.head_revision(), regdb.known_revisions()
+    monkeypatch.setattr(regdb, "head_revision", lambda: "ffff_next")
+    monkeypatch.setattr(regdb, "known_revisions", lambda: known | {"ffff_next"})
+    with pytest.raises(SchemaError, match=r"older than this vitmed \(head ffff_next\).*vitmed --db .* db upgrade"):
         regdb.open_registry(url)
     engine = regdb.create_registry_engine(url)
-    assert regdb.current_revision(engine) == "0001"
+    assert regdb.current_revision(engine) == real_head
     engine.dispose()
 
 

@@ -23,6 +23,7 @@ from .registry.models import (
     Label,
     Run,
 )
+from .registry.owner import STALE_STATUS, display_status, heartbeat_age
 from .registry.queries import get_dataset, get_evaluation, get_run
 from .splits import split_summary
 
@@ -141,7 +142,7 @@ def _run_row(run: Run) -> dict[str, Any]:
         "arch": run.arch,
         "image_size": run.image_size,
         "seed": run.seed,
-        "status": run.status,
+        "status": display_status(run),
         "epochs_done": run.epochs_done,
         "epochs_planned": run.epochs_planned,
         "best_epoch": run.best_epoch,
@@ -152,13 +153,16 @@ def _run_row(run: Run) -> dict[str, Any]:
 
 
 def list_runs(registry: Registry, dataset: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+    """Runs in id order; ``status`` filters on the status shown (``stale`` or
+    ``interrupted (stale)``: running runs whose process is gone)."""
+    if status == "stale":
+        status = STALE_STATUS
     with registry.session() as s:
         q = select(Run).order_by(Run.id)
         if dataset is not None:
             q = q.where(Run.dataset_id == get_dataset(s, dataset).id)
-        if status is not None:
-            q = q.where(Run.status == status)
-        return [_run_row(r) for r in s.scalars(q)]
+        rows = [_run_row(r) for r in s.scalars(q)]
+    return [r for r in rows if status is None or r["status"] == status]
 
 
 def run_detail(registry: Registry, run_id: int) -> dict[str, Any]:
@@ -169,6 +173,10 @@ def run_detail(registry: Registry, run_id: int) -> dict[str, Any]:
         out["init_checkpoint"] = run.init_checkpoint.to_dict() if run.init_checkpoint else None
         out["checkpoints"] = [c.to_dict() for c in run.checkpoints]
         out["epochs"] = [m.to_dict() for m in run.epochs]
+        out["owner"] = None if run.status != "running" else {
+            "host": run.owner_host, "pid": run.owner_pid, "heartbeat_seconds_ago": heartbeat_age(run),
+            "alive": display_status(run) == "running",
+        }
         return out
 
 

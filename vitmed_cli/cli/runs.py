@@ -16,7 +16,8 @@ app = typer.Typer(help="Fine-tuning runs: list, show, delete.", no_args_is_help=
 def list_(
     ctx: typer.Context,
     dataset: Annotated[Optional[str], typer.Option(help="Only runs on this dataset.")] = None,
-    status: Annotated[Optional[str], typer.Option(help="Only runs with this status.")] = None,
+    status: Annotated[Optional[str], typer.Option(
+        help="Only runs with this status: running, completed, failed, interrupted, or stale (running, but its process is gone).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List runs with their status and best validation AUC.

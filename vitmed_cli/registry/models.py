@@ -262,6 +262,12 @@ class Run(Base):
     resume_path: Mapped[Optional[str]] = mapped_column(Text)
     error: Mapped[Optional[str]] = mapped_column(Text)
     host: Mapped[Optional[str]] = mapped_column(String(256))
+    # The process training the run now (rank 0), and when it last said it is alive: a run
+    # whose owner is gone is stale, and --resume refuses a run whose owner is alive.
+    owner_host: Mapped[Optional[str]] = mapped_column(String(256))
+    owner_pid: Mapped[Optional[int]] = mapped_column(Integer)
+    owner_token: Mapped[Optional[str]] = mapped_column(String(64))
+    heartbeat_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime(timezone=True))
     world_size: Mapped[int] = mapped_column(Integer, default=1)
     versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
     code_version: Mapped[Optional[str]] = mapped_column(String(128))

@@ -36,6 +36,7 @@ from ..events import Listener, warning
 from ..models import check_arch_name
 from ..registry.db import Registry
 from ..registry.models import Run
+from ..registry.owner import heartbeat_age, run_state
 from ..registry.queries import get_run
 from ..weights import InitSpec, load_init_state, resolve_init
 from . import distributed as dist
@@ -166,6 +167,17 @@ def finetune(
         dist.teardown(info)
 
 
+def _refuse_live_owner(run: Run) -> None:
+    """A run still trained by a live process cannot be resumed by another."""
+    if run_state(run) == "alive":
+        age = heartbeat_age(run)
+        raise TrainingError(
+            f"run {run.id} is still being trained by process {run.owner_pid} on {run.owner_host}"
+            + (f" (last heartbeat {age:.0f} s ago)" if age is not None else "")
+            + f" - wait for it to end, or stop it (kill {run.owner_pid}) and resume then"
+        )
+
+
 def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: str | None,
                  num_workers: int | None, info: DistInfo) -> tuple[TrainConfig, Prepared, str]:
     """Rank 0: the run's stored configuration, checked, with its data prepared."""
@@ -177,6 +189,7 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
             # dataset's options say now
             stored["findings"] = list(run.findings)
         status, done, planned, resume_path = run.status, run.epochs_done, run.epochs_planned, run.resume_path
+        _refuse_live_owner(run)
     if not stored:
         raise TrainingError(f"run {run_id} was not made by vitmed finetune - it cannot be resumed")
     target = epochs if epochs is not None else planned
@@ -211,7 +224,10 @@ def _record_resume(registry: Registry, run_id: int, state: dict[str, Any], resum
                    target: int, info: DistInfo) -> None:
     """Rank 0: the resume in the run's config, its status back to running, missing epoch rows."""
     with registry.session() as s:
-        run = s.get(Run, run_id)
+        # the row is locked (PostgreSQL; SQLite's write transaction locks the file): of two
+        # processes resuming one run, the second sees the first as its live owner
+        run = s.get(Run, run_id, with_for_update=True)
+        _refuse_live_owner(run)
         resumes = list((run.config or {}).get("resumes", []))
         resumes.append({"at_epoch": int(state["epoch"]), "at_batch": int(state["batch"]),
                         "host": socket.gethostname(), "world_size": info.world_size,
@@ -220,6 +236,8 @@ def _record_resume(registry: Registry, run_id: int, state: dict[str, Any], resum
         run.config = {**(run.config or {}), "resumes": resumes,
                       "train": {**(run.config or {}).get("train", {}), "epochs": target}}
         run.status, run.error, run.ended_at = "running", None, None
+        for column, value in records.owner_columns().items():
+            setattr(run, column, value)
         run.epochs_planned = target
         reconcile_epochs(s, run, state, resume_path)
 

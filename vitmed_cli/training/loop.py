@@ -432,9 +432,11 @@ class TrainingLoop:
     # -- the whole run
     def run(self, resume_state: dict[str, Any] | None = None) -> RunResult:
         """Build, train the remaining epochs, register the outputs; a failure marks the run failed."""
+        beat = records.Heartbeat(self.registry, self.run_id) if self.main else contextlib.nullcontext()
         try:
-            self._build(resume_state)
-            return self._finish(self._epochs())
+            with beat:
+                self._build(resume_state)
+                return self._finish(self._epochs())
         except KeyboardInterrupt:
             if self.main:
                 can_resume = self.files.resume.is_file()

@@ -6,6 +6,7 @@ import datetime as dt
 import platform
 import socket
 import subprocess
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from .. import __version__
 from ..registry.db import Registry
 from ..registry.models import Checkpoint, EpochMetric, Run
+from ..registry.owner import HEARTBEAT_SECONDS, current_owner
 from ..weights import register_checkpoint, sha256_file
 from .config import TrainConfig
 from .distributed import DistInfo
@@ -90,6 +92,7 @@ def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo) -> 
         epochs_planned=cfg.epochs,
         epochs_done=0,
         host=socket.gethostname(),
+        **owner_columns(),
         world_size=info.world_size,
         versions=versions(),
         code_version=code_version(),
@@ -97,6 +100,41 @@ def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo) -> 
     session.add(run)
     session.flush()
     return run.id
+
+
+def owner_columns() -> dict[str, Any]:
+    """This process as the run's owner, with a fresh heartbeat."""
+    me = current_owner()
+    return {"owner_host": me.host, "owner_pid": me.pid, "owner_token": me.token, "heartbeat_at": utcnow()}
+
+
+class Heartbeat:
+    """While rank 0 trains, a thread refreshes the run's heartbeat every ``interval`` seconds,
+    so a reader can tell a live run from one whose process was killed."""
+
+    def __init__(self, registry: Registry, run_id: int, interval: float = HEARTBEAT_SECONDS):
+        self.registry, self.run_id, self.interval = registry, run_id, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                update_run(self.registry, self.run_id, heartbeat_at=utcnow())
+            except Exception:  # noqa: BLE001 - a missed beat is harmless; the run goes on
+                pass
+
+    def __enter__(self) -> "Heartbeat":
+        update_run(self.registry, self.run_id, **owner_columns())
+        self._thread = threading.Thread(target=self._beat, name=f"vitmed-heartbeat-{self.run_id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 def update_run(registry: Registry, run_id: int, **values: Any) -> None:
