@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from vitmed_cli.registry.owner import current_owner
 from vitmed_cli.registry.models import (
     Checkpoint,
     Comparison,
@@ -194,9 +195,11 @@ def populate_registry(reg) -> dict[str, int]:
                           sha256="a" * 64, source="file", path="/w/dino.pth")
         s.add(init)
         s.flush()
+        me = current_owner()  # a running run has a live owner: this test process
         run = Run(dataset_id=ds.id, split_id=sp.id, init_checkpoint_id=init.id, init_name="dinov2",
                   init_sha256=init.sha256, arch=init.arch, image_size=32, seed=0, epochs_planned=2,
-                  config={"lr": 1e-5}, findings=["Cardiomegaly", "Pleural Effusion"])
+                  config={"lr": 1e-5}, findings=["Cardiomegaly", "Pleural Effusion"],
+                  owner_host=me.host, owner_pid=me.pid, owner_token=me.token)
         s.add(run)
         s.flush()
         s.add(EpochMetric(run_id=run.id, epoch=1, train_loss=0.5, val_macro_auc=0.7,
