@@ -29,7 +29,7 @@ from .splits import split_summary
 
 
 def list_datasets(registry: Registry) -> list[dict[str, Any]]:
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         counts = dict(
             s.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all()
         )
@@ -53,7 +53,7 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
 
 def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
     """Counts of images, patients, unreadable files and labels per finding and split part."""
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         ds = get_dataset(s, name)
         n_images = s.scalar(select(func.count()).where(Image.dataset_id == ds.id))
         n_unreadable = s.scalar(
@@ -157,7 +157,7 @@ def list_runs(registry: Registry, dataset: str | None = None, status: str | None
     ``interrupted (stale)``: running runs whose process is gone)."""
     if status == "stale":
         status = STALE_STATUS
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         q = select(Run).order_by(Run.id)
         if dataset is not None:
             q = q.where(Run.dataset_id == get_dataset(s, dataset).id)
@@ -166,7 +166,7 @@ def list_runs(registry: Registry, dataset: str | None = None, status: str | None
 
 
 def run_detail(registry: Registry, run_id: int) -> dict[str, Any]:
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         run = get_run(s, run_id)
         out = run.to_dict()
         out.update(_run_row(run))
@@ -199,7 +199,7 @@ def delete_run(registry: Registry, run_id: int) -> dict[str, Any]:
 
 
 def list_checkpoints(registry: Registry, role: str | None = None) -> list[dict[str, Any]]:
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         q = select(Checkpoint).order_by(Checkpoint.id)
         if role is not None:
             q = q.where(Checkpoint.role == role)
@@ -238,7 +238,7 @@ def _eval_row(ev: Evaluation) -> dict[str, Any]:
 
 
 def list_evaluations(registry: Registry, dataset: str | None = None) -> list[dict[str, Any]]:
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         q = select(Evaluation).order_by(Evaluation.id)
         if dataset is not None:
             q = q.where(Evaluation.dataset_id == get_dataset(s, dataset).id)
@@ -246,7 +246,7 @@ def list_evaluations(registry: Registry, dataset: str | None = None) -> list[dic
 
 
 def evaluation_detail(registry: Registry, evaluation_id: int) -> dict[str, Any]:
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         ev = get_evaluation(s, evaluation_id)
         out = _eval_row(ev)
         out["skipped_findings"] = ev.skipped_findings

@@ -292,7 +292,7 @@ def compare(
         raise InputError(f"`n_resamples` {n_resamples} is too few for a p-value - use 1000 or more")
     if not 0 < alpha < 1:
         raise InputError(f"`alpha` {alpha} must lie between 0 and 1, e.g. 0.05")
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         pairs, dataset_id = _choose(s, dataset=dataset, inits=inits, evals=evals, runs=runs,
                                     part=part, all_seeds=all_seeds)
         aligned = _align_pairs(s, pairs, intersect)

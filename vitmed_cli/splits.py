@@ -424,7 +424,7 @@ def official_split(
 
 def export_split(registry: Registry, dataset: str, split: str | None) -> str:
     """A split as CSV text: ``image_key,patient_id,part``, one row per assigned image."""
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         ds = get_dataset(s, dataset)
         sp = get_split(s, ds, split)
         rows = s.execute(
@@ -524,7 +524,7 @@ def import_split(
 
 def show_split(registry: Registry, dataset: str, split: str | None) -> dict[str, Any]:
     """The summary of a stored split."""
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         ds = get_dataset(s, dataset)
         return split_summary(s, get_split(s, ds, split))
 

@@ -55,9 +55,11 @@ class AppState:
     debug: bool = False
     _registry: Registry | None = field(default=None, repr=False)
 
-    def registry(self) -> Registry:
+    def registry(self, *, write: bool = True) -> Registry:
+        """The registry, opened on first use; ``write=False`` for commands that only read (they
+        never take the write lock and work on a registry the user can only read)."""
         if self._registry is None:
-            self._registry = open_registry(self.db)
+            self._registry = open_registry(self.db, write=write)
         return self._registry
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ def list_(
 
     Example: vitmed checkpoints list --json
     """
-    rows = catalog.list_checkpoints(state(ctx).registry(), role=role)
+    rows = catalog.list_checkpoints(state(ctx).registry(write=False), role=role)
     if want_json(ctx, json_out):
         print_json(rows)
     else:

@@ -20,7 +20,7 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
     Example: vitmed datasets list --json
     """
-    rows = catalog.list_datasets(state(ctx).registry())
+    rows = catalog.list_datasets(state(ctx).registry(write=False))
     if want_json(ctx, json_out):
         print_json(rows)
     else:
@@ -34,7 +34,7 @@ def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
 
     Example: vitmed datasets show vindr --json
     """
-    info = catalog.dataset_summary(state(ctx).registry(), name)
+    info = catalog.dataset_summary(state(ctx).registry(write=False), name)
     if want_json(ctx, json_out):
         print_json(info)
         return
@@ -62,7 +62,7 @@ def export(
     """
     from ..datasets.export import export_labels
 
-    export_labels(state(ctx).registry(), name, out if out is not None else sys.stdout)
+    export_labels(state(ctx).registry(write=False), name, out if out is not None else sys.stdout)
 
 
 @app.command("delete")

@@ -25,7 +25,7 @@ def list_(
 
     Example: vitmed evals list --dataset vindr
     """
-    rows = catalog.list_evaluations(state(ctx).registry(), dataset=dataset)
+    rows = catalog.list_evaluations(state(ctx).registry(write=False), dataset=dataset)
     if want_json(ctx, json_out):
         print_json(rows)
     else:
@@ -40,7 +40,7 @@ def show(ctx: typer.Context, evaluation_id: int, json_out: JsonOpt = False) -> N
 
     Example: vitmed evals show 2 --json
     """
-    info = catalog.evaluation_detail(state(ctx).registry(), evaluation_id)
+    info = catalog.evaluation_detail(state(ctx).registry(write=False), evaluation_id)
     if want_json(ctx, json_out):
         print_json(info)
         return

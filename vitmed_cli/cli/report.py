@@ -40,7 +40,7 @@ def report(
     """
     from ..report import create_report
 
-    registry = state(ctx).registry()
+    registry = state(ctx).registry(write=False)
     options = dict(fmt=fmt.value if fmt else None, datasets=dataset, n_resamples=resamples, seed=seed)
     with EventPrinter() as on_event:
         written = create_report(registry, out, on_event=on_event, **options)

@@ -24,7 +24,7 @@ def list_(
 
     Example: vitmed runs list --dataset vindr
     """
-    rows = catalog.list_runs(state(ctx).registry(), dataset=dataset, status=status)
+    rows = catalog.list_runs(state(ctx).registry(write=False), dataset=dataset, status=status)
     if want_json(ctx, json_out):
         print_json(rows)
     else:
@@ -42,7 +42,7 @@ def show(ctx: typer.Context, run_id: int, json_out: JsonOpt = False) -> None:
 
     Example: vitmed runs show 3 --json
     """
-    info = catalog.run_detail(state(ctx).registry(), run_id)
+    info = catalog.run_detail(state(ctx).registry(write=False), run_id)
     if want_json(ctx, json_out):
         print_json(info)
         return

@@ -85,7 +85,7 @@ def split(
         raise ConfigError(f"{' and '.join(modes)} cannot be combined - use one per command")
     if out is not None and export is None:
         raise ConfigError("--out only applies to --export - add --export SPLIT or drop --out")
-    registry = state(ctx).registry()
+    registry = state(ctx).registry(write=export is None)  # --export only reads
     if export is not None:
         text = splits.export_split(registry, name, export)
         if out is not None:

@@ -17,7 +17,7 @@ from ..registry.queries import get_dataset
 def export_labels(registry: Registry, name: str, out: str | Path | IO[str]) -> dict[str, Any]:
     """Write a dataset's labels as CSV to ``out`` (a path, or an open text stream such as
     ``sys.stdout``): key, patient_id, view, one column per finding."""
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         ds = get_dataset(s, name)
         findings = list(ds.findings)
         t = Image.__table__

@@ -351,7 +351,7 @@ def _counts(registry: Registry, dataset_id: int, has_patient_ids: bool, inverted
     """What the registry holds for the dataset after the ingest."""
     t = Image.__table__
     unreadable = (t.c.dataset_id == dataset_id) & t.c.readable.is_(False)
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         out: dict[str, Any] = {
             "n_images": s.scalar(select(func.count()).where(t.c.dataset_id == dataset_id)),
             "n_unreadable": s.scalar(select(func.count()).where(unreadable)),

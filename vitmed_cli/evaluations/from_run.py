@@ -227,7 +227,7 @@ def predict(
     if batch_size < 1:
         raise TrainingError(f"`batch_size` must be at least 1, got {batch_size}")
     dev = resolve_device(device)
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         run = get_run(s, run_id)
         ck = run_checkpoint(s, run, checkpoint)
         tgt = _target(s, run, dataset, split, part)

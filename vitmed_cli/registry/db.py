@@ -37,25 +37,94 @@ def _redact(url: str) -> str:
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # Autocommit at the driver level; SQLAlchemy's "begin" hook below issues
-    # BEGIN IMMEDIATE so that two writers wait on the busy timeout instead of
-    # failing when a read transaction tries to upgrade to a write lock.
-    dbapi_connection.isolation_level = None
-    cur = dbapi_connection.cursor()
-    cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode = WAL")
-    cur.execute("PRAGMA synchronous = NORMAL")
-    cur.execute("PRAGMA foreign_keys = ON")
-    cur.close()
+def _sqlite_connect(readonly: bool):
+    def pragmas(dbapi_connection, _record) -> None:
+        # Autocommit at the driver level; the "begin" hook below opens each transaction:
+        # BEGIN IMMEDIATE by default, so that two writers wait on the busy timeout instead of
+        # failing when a read transaction tries to upgrade to a write lock; a plain (deferred)
+        # BEGIN for reading sessions (reader()), which in WAL mode never wait for a writer.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if readonly:
+            cur.execute("PRAGMA query_only = ON")
+        else:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    return pragmas
+
+
+READ_OPTION = "vitmed_read"
+
+
+def _reading(conn) -> bool:
+    return bool(conn.get_execution_options().get(READ_OPTION))
 
 
 def _sqlite_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    reading = _reading(conn)
+    # a reading transaction cannot write by mistake: its changes would be thrown away
+    conn.exec_driver_sql(f"PRAGMA query_only = {'ON' if reading else 'OFF'}")
+    conn.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
-def create_registry_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+def _server_begin(conn) -> None:
+    if _reading(conn):
+        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+def reader(engine: Engine) -> Engine:
+    """The engine for transactions that only read (on SQLite a plain BEGIN, which in WAL mode
+    never waits for a writer; on PostgreSQL READ ONLY)."""
+    return engine.execution_options(**{READ_OPTION: True})
+
+
+def _sqlite_path(parsed) -> Path | None:
+    db_path = parsed.database
+    if not db_path or db_path == ":memory:" or parsed.query.get("mode") == "memory":
+        return None
+    return Path(db_path.removeprefix("file:")).expanduser()
+
+
+def readonly_reason(path: Path) -> str | None:
+    """Why SQLite cannot write the registry at ``path`` (None when it can)."""
+    folder = path.parent
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"the registry file {path} is read-only"
+    for side in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if side.exists() and not os.access(side, os.W_OK):
+            return f"{side} is read-only"
+    if not os.access(folder, os.W_OK):
+        return (f"its folder {folder} is not writable (SQLite writes {path.name}-wal and "
+                f"{path.name}-shm beside it)")
+    return None
+
+
+def _readonly_mode(path: Path) -> str:
+    """``mode=ro`` where SQLite can read the WAL registry without writing (its -shm exists);
+    else ``immutable=1``: nothing can write a registry whose folder is read-only to us."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+        return "mode=ro"
+    except sqlite3.Error:
+        return "immutable=1"
+
+
+def create_registry_engine(url: str, *, readonly: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys.
+
+    ``readonly`` opens a SQLite file with ``mode=ro`` (for a registry the user may only
+    read: nothing is written, not even the journal mode).
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -64,16 +133,22 @@ def create_registry_engine(url: str) -> Engine:
             "postgresql+psycopg://USER:PASSWORD@HOST/DB (`db` or VITMED_DB_URL)"
         ) from exc
     kwargs: dict = {"future": True}
-    if parsed.get_backend_name() == "sqlite":
-        db_path = parsed.database
-        if db_path and db_path != ":memory:":
-            folder = Path(db_path).expanduser().parent
-            if not folder.is_dir():
-                raise ConfigError(
-                    f"registry folder {folder} does not exist - create it or choose "
-                    "another `db` / VITMED_DB_URL"
-                )
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite:
+        path = _sqlite_path(parsed)
+        if path is None:
+            raise ConfigError(
+                f"{url!r} is an in-memory registry, lost when the command ends (with its runs' "
+                "files left behind) - use a file: sqlite:///PATH/registry.db"
+            )
+        if not path.parent.is_dir():
+            raise ConfigError(
+                f"registry folder {path.parent} does not exist - create it or choose "
+                "another `db` / VITMED_DB_URL"
+            )
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        if readonly:
+            parsed = parsed.set(database=f"file:{path}?{_readonly_mode(path)}", query={"uri": "true"})
     else:
         kwargs["pool_pre_ping"] = True
     try:
@@ -94,8 +169,10 @@ def create_registry_engine(url: str) -> Engine:
     except ArgumentError as exc:
         raise ConfigError(f"invalid registry URL {_redact(url)}: {exc}") from exc
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect(readonly))
         event.listen(engine, "begin", _sqlite_begin)
+    elif engine.dialect.name == "postgresql":
+        event.listen(engine, "begin", _server_begin)
     return engine
 
 
@@ -130,7 +207,7 @@ def known_revisions() -> set[str]:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -152,7 +229,7 @@ class SchemaState:
 
 
 def schema_state(engine: Engine) -> SchemaState:
-    with engine.connect() as conn:
+    with reader(engine).connect() as conn:  # opening a registry never waits for a writer
         tables = set(inspect(conn).get_table_names())
     return SchemaState(
         current=current_revision(engine),
@@ -163,12 +240,20 @@ def schema_state(engine: Engine) -> SchemaState:
 
 class Registry:
     """An open registry: an engine whose schema is at vitmed's head revision, and the
-    workspace whose cache and checkpoint files its rows point at."""
+    workspace whose cache and checkpoint files its rows point at.
 
-    def __init__(self, engine: Engine, workspace: Workspace | None = None):
+    A registry opened with ``write=False`` (the CLI's read-only commands) never takes the
+    write lock: its sessions read a consistent snapshot while writers go on.
+    """
+
+    def __init__(self, engine: Engine, workspace: Workspace | None = None, *, write: bool = True,
+                 url: str | None = None):
         self.engine = engine
+        self.write = write
+        self._url = url
         self._workspace = workspace
-        self._sessionmaker = sessionmaker(engine, expire_on_commit=False)
+        self._writer = sessionmaker(engine, expire_on_commit=False)
+        self._reader = sessionmaker(reader(engine), expire_on_commit=False)
 
     @property
     def workspace(self) -> Workspace:
@@ -179,19 +264,41 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return _redact(self.engine.url.render_as_string(hide_password=False))
+        """The registry's URL as given (password hidden)."""
+        return _redact(self._url or self.engine.url.render_as_string(hide_password=False))
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    def _unavailable(self, exc: OperationalError) -> VitmedError:
+        text = first_line(exc.orig)
+        if self.is_sqlite and "readonly" in text.lower():
+            path = _sqlite_path(make_url(self._url)) if self._url else _sqlite_path(self.engine.url)
+            reason = (readonly_reason(path) if path else None) or "the registry is read-only"
+            return RegistryUnavailable(
+                f"cannot write to the registry at {self.url}: {reason} - nothing was stored; "
+                "run this with write access, or copy the registry to a writable folder and use "
+                "`db` with the copy"
+            )
+        return RegistryUnavailable(
+            f"registry error at {self.url}: {text} - nothing was stored; "
+            "check the server or file and try again"
+        )
+
     @contextlib.contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on any error."""
-        sess = self._sessionmaker()
+    def session(self, *, readonly: bool | None = None) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on any error.
+
+        ``readonly`` (default: not ``self.write``) starts a reading transaction that never
+        waits for, or blocks, a writer.
+        """
+        reading = (not self.write) if readonly is None else readonly
+        sess = (self._reader if reading else self._writer)()
         try:
             yield sess
-            sess.commit()
+            if not reading:  # a reading transaction just ends with close(): rows read stay loaded
+                sess.commit()
         except IntegrityError as exc:
             sess.rollback()
             raise RefusedError(
@@ -199,10 +306,7 @@ class Registry:
             ) from exc
         except OperationalError as exc:
             sess.rollback()
-            raise RegistryUnavailable(
-                f"registry error at {self.url}: {first_line(exc.orig)} - nothing was stored; "
-                "check the server or file and try again"
-            ) from exc
+            raise self._unavailable(exc) from exc
         except DBAPIError as exc:
             # e.g. a value too long for its column on PostgreSQL (DataError)
             sess.rollback()
@@ -222,17 +326,7 @@ class Registry:
 def check_schema(engine: Engine, *, auto_create: bool = True) -> SchemaState:
     """Create an empty registry at head; refuse one that is behind, ahead or not vitmed's."""
     url = _redact(engine.url.render_as_string(hide_password=False))
-    try:
-        state = schema_state(engine)
-    except OperationalError as exc:
-        raise RegistryUnavailable(
-            f"cannot open the registry at {url}: {first_line(exc.orig)} - check `db` / "
-            "VITMED_DB_URL and that the server is running"
-        ) from exc
-    except DBAPIError as exc:
-        raise RegistryUnavailable(
-            f"cannot open the registry at {url}: {first_line(exc.orig)}"
-        ) from exc
+    state = _state_or_unavailable(engine, url)
     if state.up_to_date:
         return state
     if state.current is None:
@@ -257,15 +351,71 @@ def check_schema(engine: Engine, *, auto_create: bool = True) -> SchemaState:
     )
 
 
+def _state_or_unavailable(engine: Engine, url: str) -> SchemaState:
+    try:
+        return schema_state(engine)
+    except (OperationalError, DBAPIError) as exc:
+        where = ("check `db` / VITMED_DB_URL" if engine.dialect.name == "sqlite"
+                 else "check `db` / VITMED_DB_URL and that the server is running")
+        raise RegistryUnavailable(f"cannot open the registry at {url}: {first_line(exc.orig)} - {where}") from exc
+
+
+def _refuse_unwritable(url: str) -> None:
+    """A command that writes, on a SQLite registry the user cannot write: say what is read-only."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return
+    path = _sqlite_path(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if path is None or not path.parent.is_dir():
+        return
+    reason = readonly_reason(path)
+    if reason is not None:
+        verb = "write to" if path.exists() else "create"
+        raise RegistryUnavailable(
+            f"cannot {verb} the registry at {_redact(url)}: {reason} - this command writes to the "
+            "registry; run it with write access, or copy the registry to a writable folder and "
+            "use `db` with the copy (reading commands such as runs list work as they are)"
+        )
+
+
+def _open_readonly(url: str) -> bool:
+    """A read-only open for a SQLite registry that exists and cannot be written."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    path = _sqlite_path(parsed)
+    return path is not None and path.is_file() and readonly_reason(path) is not None
+
+
 def open_registry(db: str | None = None, *, home: str | os.PathLike | None = None,
-                  check: bool = True) -> Registry:
+                  check: bool = True, write: bool = True) -> Registry:
     """Open (and on first use create) the registry named by ``db`` (else ``VITMED_DB_URL``, else
-    the workspace's file); ``home`` is the workspace folder (default ``VITMED_HOME``)."""
+    the workspace's file); ``home`` is the workspace folder (default ``VITMED_HOME``).
+
+    ``write=False`` is for reading only: sessions never take the write lock, and a SQLite
+    registry the user cannot write (a read-only file or folder) is opened read-only.
+    """
     url = registry_url(db, home)
-    engine = create_registry_engine(url)
+    readonly = not write and _open_readonly(url)
+    if write:
+        _refuse_unwritable(url)
+    engine = create_registry_engine(url, readonly=readonly)
     if check:
         try:
-            check_schema(engine)
+            if readonly:
+                state = check_schema_readonly(engine)
+                if not state.up_to_date:
+                    raise SchemaError(
+                        f"the registry at {_redact(url)} is at schema revision {state.current}, older "
+                        f"than this vitmed (head {state.head}), and read-only - ask its owner to run "
+                        "vitmed db upgrade"
+                    )
+            else:
+                check_schema(engine)
         except VitmedError:
             engine.dispose()
             raise
@@ -274,7 +424,7 @@ def open_registry(db: str | None = None, *, home: str | os.PathLike | None = Non
             raise RegistryUnavailable(
                 f"cannot open the registry at {_redact(url)}: {first_line(exc)}"
             ) from exc
-    return Registry(engine, get_workspace(home) if home is not None else None)
+    return Registry(engine, get_workspace(home) if home is not None else None, write=write, url=url)
 
 
 def in_debug_mode() -> bool:
@@ -284,13 +434,7 @@ def in_debug_mode() -> bool:
 def check_schema_readonly(engine: Engine) -> SchemaState:
     """The schema state, refusing a registry newer than this vitmed; never writes."""
     url = _redact(engine.url.render_as_string(hide_password=False))
-    try:
-        state = schema_state(engine)
-    except (OperationalError, DBAPIError) as exc:
-        raise RegistryUnavailable(
-            f"cannot open the registry at {url}: {first_line(exc.orig)} - check `db` / "
-            "VITMED_DB_URL and that the server is running"
-        ) from exc
+    state = _state_or_unavailable(engine, url)
     if state.current is not None and state.current not in known_revisions():
         raise SchemaError(
             f"the registry at {url} is at schema revision {state.current}, newer than this "

@@ -304,7 +304,7 @@ def build_report(
         raise ConfigError(f"`resamples` must be at least 1 (got {n_resamples}) - use e.g. 1000")
     arrays: dict[int, Any] = {}
     sections: list[DatasetSection] = []
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         if datasets:
             chosen = [get_dataset(s, name) for name in dict.fromkeys(datasets)]
         else:

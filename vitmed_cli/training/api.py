@@ -63,8 +63,9 @@ class _Start:
 def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
                on_event: Listener | None) -> tuple[_Start, dict[str, torch.Tensor] | None]:
     """Check everything, read the init once, then write the run row (status running)."""
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         prep = prepare(s, cfg)
+    with registry.session() as s:  # a dinov2/imagenet init found in the HF cache is registered
         spec = resolve_init(s, cfg.init, cfg.arch)
     # the init file is read once here and refused if its bytes are not the registered ones,
     # before any run row exists; the loop builds the model from these very tensors
@@ -181,7 +182,7 @@ def _refuse_live_owner(run: Run) -> None:
 def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: str | None,
                  num_workers: int | None, info: DistInfo) -> tuple[TrainConfig, Prepared, str]:
     """Rank 0: the run's stored configuration, checked, with its data prepared."""
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         run = get_run(s, run_id)
         stored = dict((run.config or {}).get("train") or {})
         if stored and run.findings:
@@ -215,7 +216,7 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
         stored["num_workers"] = num_workers
     cfg = TrainConfig(**stored)
     cfg.check()
-    with registry.session() as s:
+    with registry.session(readonly=True) as s:
         prep = prepare(s, cfg)
     return cfg, prep, resume_path
 
