@@ -343,3 +343,27 @@ def test_table_warns_when_resamples_were_degenerate(registry, tmp_path):
     worst = max(f["n_degenerate"] for f in out["findings"] + [out["macro"]])
     assert worst > 0
     assert f"warning: up to {worst} of 200 resamples" in " ".join(res.stdout.split())
+
+
+def test_warnings_are_stored_with_the_comparison_and_reach_json_and_the_report(registry, tmp_path):
+    from vitmed_cli.registry.models import Comparison
+    from vitmed_cli.report import create_report
+
+    y = make_dataset(registry, n=14, seed=2)
+    write_csv(tmp_path / "a.csv", y, 2.0, seed=7, n=14)
+    write_csv(tmp_path / "b.csv", y, 0.5, seed=8, n=14)
+    ea = import_evaluation(registry, tmp_path / "a.csv", dataset="toy", name="a")["evaluation_id"]
+    eb = import_evaluation(registry, tmp_path / "b.csv", dataset="toy", name="b")["evaluation_id"]
+    out = json.loads(invoke(registry, "compare", "--eval", str(ea), "--eval", str(eb),
+                            "--n-resamples", "200", "--json").stdout)
+    worst = max(f["n_degenerate"] for f in out["findings"] + [out["macro"]])
+    expected = (f"up to {worst} of 200 resamples had a finding with no positive or no negative image "
+                f"and were left out of it (macro: {out['macro']['n_degenerate']}); with this few images "
+                "the p-values are unreliable - compare on a larger test part")
+    assert out["warnings"] == [expected]
+    with registry.session() as s:
+        assert s.get(Comparison, out["comparison_id"]).options["warnings"] == [expected]
+    md = create_report(registry, tmp_path / "r.md", n_resamples=20).path.read_text()
+    assert f"> **Warning:** {expected}" in md
+    html = create_report(registry, tmp_path / "r.html", n_resamples=20).path.read_text()
+    assert f"<strong>Warning:</strong> {expected}" in html

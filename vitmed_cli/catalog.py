@@ -95,7 +95,10 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
                     if count:
                         findings[canonical].setdefault("positive_by_part", {}).setdefault(
                             sp.name, {})[part] = count
-            splits.append({"name": sp.name, "method": sp.method, "seed": sp.seed, "parts": parts})
+            # what training and evaluation use of each part (frontal, readable, labelled), as split shows
+            used = {p: v["n_used"] for p, v in info["parts"].items() if v["n_images"]}
+            splits.append({"name": sp.name, "method": sp.method, "seed": sp.seed, "parts": parts,
+                           "used": used})
         return {
             "id": ds.id,
             "name": ds.name,

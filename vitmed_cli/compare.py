@@ -345,7 +345,25 @@ def _pair_result(pa: _Pick, pb: _Pick, al: Aligned, n_resamples: int, seed: int,
         "skipped_findings": al.skipped, "n_dropped_images": al.n_dropped_images,
         "n_label_conflicts": al.n_label_conflicts,
     })
+    res["warnings"] = pair_warnings(res, n_resamples)
     return res
+
+
+def pair_warnings(res: dict[str, Any], n_resamples: int) -> list[str]:
+    """What a reader of this comparison must know: degenerate resamples, images left out."""
+    out = []
+    worst = max((r.get("n_degenerate") or 0 for r in res["findings"] + [res["macro"]]), default=0)
+    if worst:
+        macro_n = res["macro"].get("n_degenerate") or 0
+        out.append(
+            f"up to {worst} of {n_resamples} resamples had a finding with no positive or no negative "
+            f"image and were left out of it (macro: {macro_n}); with this few images the p-values "
+            "are unreliable - compare on a larger test part"
+        )
+    if res["n_dropped_images"] or res["n_label_conflicts"]:
+        out.append(f"compared on the images both evaluations hold (`intersect`): {res['n_dropped_images']} "
+                   f"images left out, {res['n_label_conflicts']} disputed labels excluded")
+    return out
 
 
 def _adjust(results: list[dict[str, Any]], alpha: float) -> None:
@@ -374,7 +392,8 @@ def _store(registry: Registry, results: list[dict[str, Any]], *, dataset_id: int
                 group_id=group_id, n_images=res["n_images"], n_resamples=n_resamples, seed=seed,
                 options={**options, "skipped_findings": res["skipped_findings"],
                          "n_dropped_images": res["n_dropped_images"],
-                         "n_label_conflicts": res["n_label_conflicts"]},
+                         "n_label_conflicts": res["n_label_conflicts"],
+                         "warnings": res["warnings"]},
             )
             cmp_row.results = [
                 ComparisonResult(**{k: _num(r[k]) for k in _RESULT_COLUMNS})
@@ -401,7 +420,7 @@ def _num(v):
 
 def _ordered(res: dict[str, Any]) -> dict[str, Any]:
     keys = ["comparison_id", "a", "b", "evaluation_a", "evaluation_b", "n_images", "findings", "macro",
-            "skipped_findings", "n_dropped_images", "n_label_conflicts"]
+            "skipped_findings", "n_dropped_images", "n_label_conflicts", "warnings"]
     return {k: res[k] for k in keys}
 
 

@@ -11,7 +11,7 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import VitmedError
-from ._common import AppState, cli_message, state
+from ._common import AppState, cli_message, piped_width, state
 
 
 def _debug_wanted(ctx) -> bool:
@@ -131,6 +131,11 @@ _attach()
 
 
 def main() -> None:
+    import typer.rich_utils
+
+    # --help and usage errors are drawn by typer's own rich console: as wide as our tables
+    if typer.rich_utils.MAX_WIDTH is None:
+        typer.rich_utils.MAX_WIDTH = piped_width(sys.stdout)
     app(prog_name="vitmed")
 
 

@@ -28,18 +28,27 @@ from ..choices import Part  # noqa: F401 - shared by the commands
 from ..events import Event, Notice, Progress
 from ..registry.db import Registry, open_registry
 
+PIPED_WIDTH = 160
+
+
+def piped_width(stream) -> int | None:
+    """Piped into a file or a log, output gets room instead of rich's 80-column default."""
+    return PIPED_WIDTH if not stream.isatty() and "COLUMNS" not in os.environ else None
+
+
 def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped into a file or a log, tables get room instead of rich's 80-column default.
-    if not stream.isatty() and "COLUMNS" not in os.environ:
-        return Console(stderr=stderr, width=160)
-    return Console(stderr=stderr)
+    return Console(stderr=stderr, width=piped_width(sys.stderr if stderr else sys.stdout))
 
 
 console = _console()
 err_console = _console(stderr=True)
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+DatasetArg = Annotated[str, typer.Argument(metavar="NAME", help="Dataset name, as given to vitmed ingest --name.",
+                                           show_default=False)]
+RunArg = Annotated[int, typer.Argument(metavar="RUN_ID", help="Run id (see vitmed runs list).", show_default=False)]
+EvalArg = Annotated[int, typer.Argument(metavar="EVAL_ID", help="Evaluation id (see vitmed evals list).",
+                                        show_default=False)]
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON document instead of a table.")
@@ -99,12 +108,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+NOT_AVAILABLE = "n/a"
+
+
 def fmt(value: Any, digits: int = 3) -> str:
+    """A cell: numbers rounded, undefined values (None, NaN) as n/a (the reason is printed apart)."""
     if value is None:
-        return "-"
+        return NOT_AVAILABLE
     if isinstance(value, float):
         value = finite_or_none(value)
-        return "-" if value is None else f"{value:.{digits}f}"
+        return NOT_AVAILABLE if value is None else f"{value:.{digits}f}"
     if isinstance(value, bool):
         return "yes" if value else "no"
     return str(value)
@@ -205,9 +218,16 @@ def _all_options(command) -> dict[str, str]:
 _PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
-def cli_message(message: str, command) -> str:
+def cli_message(message: str, command=None) -> str:
     """A library message in this CLI's words: `batch_size` becomes --batch-size where the CLI
-    has that option (by flag spelling first, then by parameter name); other backticks drop."""
+    has that option (by flag spelling first, then by parameter name); other backticks drop.
+    ``command`` is the root click command (default: vitmed's)."""
+    if command is None:
+        import typer.main
+
+        from . import app
+
+        command = typer.main.get_command(app)
     options = _all_options(command)
 
     def flag(match: re.Match) -> str:

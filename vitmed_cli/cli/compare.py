@@ -9,54 +9,44 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from .._util import format_p as _p
 from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES
 from ..errors import InputError
 from ..registry.models import MACRO
-from ._common import EventPrinter, JsonOpt, Part, console, fmt, print_json, state, want_json
+from ._common import EventPrinter, JsonOpt, Part, cli_message, console, fmt, print_json, state, want_json
 
 
 def _render(result: dict) -> None:
     for pair in result["pairs"]:
-        table = Table(
-            title=f"[bold]{pair['a']}[/bold] (A) vs [bold]{pair['b']}[/bold] (B) - "
-            f"{pair['n_images']} images, comparison {pair['comparison_id']}",
-        )
+        table = Table(title=Text.assemble(
+            (pair["a"], "bold"), " (A) vs ", (pair["b"], "bold"),
+            f" (B) - {pair['n_images']} images, comparison {pair['comparison_id']}",
+        ))
         for col in ("finding", "AUC A", "AUC B", "diff A-B [95% CI]", "bootstrap p", "DeLong p",
                     "FDR p", "better"):
             table.add_column(col, justify="left" if col in ("finding", "better") else "right",
                              overflow="fold")
         for r in pair["findings"] + [pair["macro"]]:
-            name = "macro average" if r["finding"] == MACRO else r["finding"]
+            macro = r["finding"] == MACRO
             table.add_row(
-                f"[bold]{name}[/bold]" if r["finding"] == MACRO else name,
+                Text("macro average", style="bold") if macro else Text(r["finding"]),
                 fmt(r["auc_a"]), fmt(r["auc_b"]),
-                f"{r['diff']:+.3f} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+                Text(f"{r['diff']:+.3f} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"),
                 _p(r["p_value"]), _p(r["p_delong"]), _p(r["p_adjusted"]),
-                {pair["a"]: "A", pair["b"]: "B"}.get(r["better"], r["better"] or "-"),
+                Text({pair["a"]: "A", pair["b"]: "B"}.get(r["better"], r["better"] or "-")),
             )
         console.print(table)
         if pair["skipped_findings"]:
             skipped = ", ".join(f"{s['finding']} ({s['reason']})" for s in pair["skipped_findings"])
-            console.print(f"[yellow]not compared:[/yellow] {skipped}")
-        degenerate = [(r, r.get("n_degenerate") or 0) for r in pair["findings"] + [pair["macro"]]]
-        worst = max((n for _, n in degenerate), default=0)
-        if worst:
-            macro_n = pair["macro"].get("n_degenerate") or 0
-            console.print(
-                f"[yellow]warning:[/yellow] up to {worst} of {result['n_resamples']} resamples had a finding "
-                f"with no positive or no negative image and were left out of it (macro: {macro_n}); "
-                "with this few images the p-values are unreliable - compare on a larger test part"
-            )
-        if pair["n_dropped_images"] or pair["n_label_conflicts"]:
-            console.print(f"[yellow]--intersect:[/yellow] {pair['n_dropped_images']} images left out, "
-                          f"{pair['n_label_conflicts']} disputed labels excluded")
-    console.print(
-        f"[dim]{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}); "
+            console.print(Text("not compared: ", style="yellow") + Text(skipped))
+        for text in pair.get("warnings") or ():
+            console.print(Text("warning: ", style="yellow") + Text(cli_message(text)))
+    console.print(Text(
+        f"{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}); "
         f"FDR = Benjamini-Hochberg over all pairs x findings; 'better' where FDR p < {result['alpha']}; "
-        "macro DeLong p is not defined (DeLong tests one AUC, not an average).[/dim]"
-    )
+        "macro DeLong p is not defined (DeLong tests one AUC, not an average).", style="dim"))
 
 
 def _open_csv(target: str):

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from .. import catalog
-from ._common import JsonOpt, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
+from ._common import DatasetArg, JsonOpt, YesOpt, confirm_delete, console, fmt, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Ingested datasets: list, show, export, delete.", no_args_is_help=True)
 
@@ -29,7 +30,7 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 
 @app.command("show")
-def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
+def show(ctx: typer.Context, name: DatasetArg, json_out: JsonOpt = False) -> None:
     """Show one dataset: images, patients, unreadable files, label counts per finding and split.
 
     Example: vitmed datasets show vindr --json
@@ -41,8 +42,8 @@ def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
     findings = info.pop("findings")
     print_record({k: v for k, v in info.items() if k != "splits"}, title=f"dataset {name}")
     for sp in info["splits"]:
-        parts = ", ".join(f"{part} {n}" for part, n in sorted(sp["parts"].items()))
-        console.print(f"split [bold]{sp['name']}[/bold] ({sp['method']}, seed {sp['seed']}): {parts} images")
+        parts = ", ".join(f"{part} {n} ({sp['used'].get(part, 0)} used)" for part, n in sorted(sp["parts"].items()))
+        console.print(Text.assemble("split ", (sp["name"], "bold"), f" ({sp['method']}, seed {fmt(sp['seed'])}): {parts} images"))
     print_table(
         [{"finding": k, **v} for k, v in findings.items()],
         ["finding", "native", "positive", "negative", "uncertain"],
@@ -53,7 +54,7 @@ def show(ctx: typer.Context, name: str, json_out: JsonOpt = False) -> None:
 @app.command("export")
 def export(
     ctx: typer.Context,
-    name: str,
+    name: DatasetArg,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write CSV here instead of stdout.")] = None,
 ) -> None:
     """Write a dataset's labels as CSV: image key, patient, view, one column per finding (1, 0, -1, blank).
@@ -68,7 +69,7 @@ def export(
 @app.command("delete")
 def delete(
     ctx: typer.Context,
-    name: str,
+    name: DatasetArg,
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

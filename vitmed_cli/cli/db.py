@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
 from ..registry import db as regdb
 from ..config import registry_url
@@ -32,10 +33,11 @@ def current(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if want_json(ctx, json_out):
         print_json(out)
     else:
-        status = "[green]up to date[/green]" if st.up_to_date else "[yellow]behind: run vitmed db upgrade[/yellow]"
+        status = (("up to date", "green") if st.up_to_date else ("behind: run vitmed db upgrade", "yellow"))
         if st.current is None:
-            status = "[yellow]empty: created on first use, or run vitmed db upgrade[/yellow]"
-        console.print(f"registry {out['url']}\nrevision {st.current or '-'} (head {st.head}) {status}")
+            status = ("empty: created on first use, or run vitmed db upgrade", "yellow")
+        console.print(Text.assemble(f"registry {out['url']}\nrevision {st.current or '-'} (head {st.head}) ",
+                                    status))
 
 
 @app.command("upgrade")
@@ -56,4 +58,4 @@ def upgrade(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if want_json(ctx, json_out):
         print_json(out)
     else:
-        console.print(f"registry {out['url']}: {before.current or 'empty'} -> {after.current}")
+        console.print(Text(f"registry {out['url']}: {before.current or 'empty'} -> {after.current}"))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from ..demo import DemoSettings, run_demo
 from ._common import EventPrinter, JsonOpt, console, err_console, print_json, want_json
@@ -54,7 +55,7 @@ def demo(
 
     console.print()
     _render(result.comparison)
-    console.print(f"\ndemo finished in {result.seconds:.0f} s")
-    console.print(f"report:   {result.report_path}")
-    console.print(f"registry: {result.registry_url}")
-    console.print(f"explore:  vitmed --db {result.registry_url} runs list")
+    console.print(Text(f"\ndemo finished in {result.seconds:.0f} s"))
+    console.print(Text(f"report:   {result.report_path}"))
+    console.print(Text(f"registry: {result.registry_url}"))
+    console.print(Text(f"explore:  vitmed --db {result.registry_url} runs list"))

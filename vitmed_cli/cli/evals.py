@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from .. import catalog
 from ..choices import UncertainPolicy
-from ._common import JsonOpt, Part, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
+from ._common import EvalArg, JsonOpt, Part, YesOpt, confirm_delete, console, fmt, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
                   no_args_is_help=True)
@@ -35,7 +36,7 @@ def list_(
 
 
 @app.command("show")
-def show(ctx: typer.Context, evaluation_id: int, json_out: JsonOpt = False) -> None:
+def show(ctx: typer.Context, evaluation_id: EvalArg, json_out: JsonOpt = False) -> None:
     """Show one evaluation with its per-finding AUC, sensitivity, specificity and accuracy.
 
     Example: vitmed evals show 2 --json
@@ -69,7 +70,7 @@ def import_(
 
     Columns are named by canonical or native finding names; labels come from the registry.
 
-    Example: vitmed evals import external.csv --dataset vindr --split default --name chexnet
+    Example: vitmed evals import external.csv --dataset vindr --split official --name chexnet
     """
     from ..evaluations import import_evaluation
 
@@ -80,15 +81,15 @@ def import_(
     if want_json(ctx, json_out):
         print_json(out)
     else:
-        console.print(f"imported evaluation {out['evaluation_id']} ({name}): {out['n_images']} images, "
-                      f"macro AUC {out['macro_auc'] if out['macro_auc'] is None else round(out['macro_auc'], 3)}")
+        console.print(Text(f"imported evaluation {out['evaluation_id']} ({name}): {out['n_images']} images, "
+                           f"macro AUC {fmt(out['macro_auc'])}"))
         print_table([{"finding": k, "auc": v} for k, v in out["findings"].items()], ["finding", "auc"])
 
 
 @app.command("delete")
 def delete(
     ctx: typer.Context,
-    evaluation_id: int,
+    evaluation_id: EvalArg,
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

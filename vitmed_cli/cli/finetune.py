@@ -6,12 +6,13 @@ import os
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from .. import choices
 from ..choices import Device, Scheduler, UncertainPolicy
 from ..errors import ConfigError
 from ..models import parse_model_kwargs
-from ._common import EventPrinter, JsonOpt, console, err_console, print_json, print_table, state, want_json
+from ._common import EventPrinter, JsonOpt, console, err_console, fmt, print_json, print_table, state, want_json
 
 
 def _names(raw: str | None) -> list[str] | None:
@@ -99,14 +100,15 @@ def finetune(
     if as_json:
         print_json(out)
     else:
-        print_table(result.history, ["epoch", "train_loss", "val_loss", "val_macro_auc", "seconds",
-                                     ("images_per_second", "images/s")],
-                    title=f"run {result.run_id}")
-        console.print(
-            f"run {result.run_id} {result.status}: best epoch {result.best_epoch}, "
-            f"validation macro AUC {result.best_val_macro_auc if result.best_val_macro_auc is None else round(result.best_val_macro_auc, 4)}"
-        )
+        if result.history:  # a run stopped in its first epoch has none to show
+            print_table(result.history, ["epoch", "train_loss", "val_loss", "val_macro_auc", "seconds",
+                                         ("images_per_second", "images/s")],
+                        title=f"run {result.run_id}")
+        console.print(Text(
+            f"run {result.run_id} {result.status}: best epoch {fmt(result.best_epoch)}, "
+            f"validation macro AUC {fmt(result.best_val_macro_auc, 4)}"
+        ))
     if result.status == "interrupted":
-        err_console.print(result.message or f"continue with: vitmed finetune --resume {result.run_id}",
+        err_console.print(Text(result.message or f"continue with: vitmed finetune --resume {result.run_id}"),
                           highlight=False, soft_wrap=True)
         raise typer.Exit(130)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from ..choices import DEFAULT_PREDICT_BATCH, Device
 from ..choices import RunRole as Role
-from ._common import JsonOpt, Part, console, print_json, print_table, state, want_json
+from ._common import JsonOpt, Part, console, fmt, print_json, print_table, state, want_json
 
 
 def predict(
@@ -43,7 +44,8 @@ def predict(
                                  "accuracy", "n_positive", "n_negative"],
                 title=f"evaluation {result.evaluation_id}: run {result.run_id} on "
                       f"{result.dataset}/{result.split}:{result.part} ({result.n_images} images)")
-    macro = "-" if result.macro_auc is None else f"{result.macro_auc:.4f}"
-    console.print(f"macro AUC {macro}")
-    if result.skipped_findings:
-        console.print(f"skipped (not shared by model and dataset): {', '.join(result.skipped_findings)}")
+    console.print(Text(f"macro AUC {fmt(result.macro_auc, 4)}"))
+    for finding, why in result.undefined.items():
+        console.print(Text(f"n/a for {finding}: {why}"))
+    for finding, why in result.skipped_reasons.items():
+        console.print(Text(f"not scored: {finding} ({why})"))

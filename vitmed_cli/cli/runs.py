@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import catalog
-from ._common import JsonOpt, YesOpt, confirm_delete, print_json, print_record, print_table, state, want_json
+from ._common import JsonOpt, RunArg, YesOpt, confirm_delete, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Fine-tuning runs: list, show, delete.", no_args_is_help=True)
 
@@ -37,7 +37,7 @@ def list_(
 
 
 @app.command("show")
-def show(ctx: typer.Context, run_id: int, json_out: JsonOpt = False) -> None:
+def show(ctx: typer.Context, run_id: RunArg, json_out: JsonOpt = False) -> None:
     """Show one run: configuration, provenance, checkpoints and per-epoch metrics.
 
     Example: vitmed runs show 3 --json
@@ -57,7 +57,7 @@ def show(ctx: typer.Context, run_id: int, json_out: JsonOpt = False) -> None:
 @app.command("delete")
 def delete(
     ctx: typer.Context,
-    run_id: int,
+    run_id: RunArg,
     yes: YesOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

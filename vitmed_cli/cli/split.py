@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 
 from .. import splits
 from ..errors import ConfigError
@@ -22,7 +23,7 @@ def _render(info: dict[str, Any]) -> None:
     )
     # one row per finding, one column per part: stays readable with 20+ findings
     parts = list(info["parts"])
-    table = Table(title=title)
+    table = Table(title=Text(title))
     table.add_column("", style="bold", overflow="fold")
     for part in parts:
         table.add_column(part, justify="right")
@@ -31,12 +32,12 @@ def _render(info: dict[str, Any]) -> None:
                                 else str(info["parts"][p]["n_patients"]) for p in parts])
     table.add_row("used (frontal, readable)", *[str(info["parts"][p].get("n_used", "-")) for p in parts])
     for f in info["findings"]:
-        table.add_row(f"{f} (positives)", *[str(info["parts"][p]["positives"][f]) for p in parts])
+        table.add_row(Text(f"{f} (positives)"), *[str(info["parts"][p]["positives"][f]) for p in parts])
     console.print(table)
     if info.get("n_unassigned"):
         console.print(f"{info['n_unassigned']} image(s) unassigned")
     for note in info.get("notes", []):
-        err_console.print(f"note: {note}")
+        err_console.print(Text(f"note: {note}"))
 
 
 def split(
@@ -96,7 +97,7 @@ def split(
                     f"cannot write {out}: {exc.strerror or exc} - choose a path in an existing, "
                     "writable folder"
                 ) from exc
-            err_console.print(f"wrote split {export} of {name} to {out}")
+            err_console.print(Text(f"wrote split {export} of {name} to {out}"))
         else:
             sys.stdout.write(text)
         return

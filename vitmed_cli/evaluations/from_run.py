@@ -61,6 +61,8 @@ class PredictResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     skipped_findings: list[str] = field(default_factory=list)
     threshold_part: str | None = "val"
+    undefined: dict[str, str] = field(default_factory=dict)  # finding -> why a metric is n/a
+    skipped_reasons: dict[str, str] = field(default_factory=dict)  # finding -> why it was not scored
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,6 +193,41 @@ def _target(session, run: Run, dataset: str | None, split: str | None, part: str
                    train_cfg.get("uncertain", "zeros"))
 
 
+def _undefined(finding: str, part: str, y: np.ndarray, val_y: np.ndarray | None) -> str | None:
+    """Why a finding's AUC or threshold metrics are not defined (None when they are)."""
+    reasons = []
+    if not (y == 1).any() or not (y == 0).any():
+        reasons.append(f"the {part} part has no {'positives' if not (y == 1).any() else 'negatives'} "
+                       f"for {finding} (no AUC)")
+    if val_y is None:
+        reasons.append("no validation part to choose a threshold on (no sensitivity, specificity "
+                       "or accuracy)")
+    elif not (val_y == 1).any() or not (val_y == 0).any():
+        reasons.append(f"the validation part has no {'positives' if not (val_y == 1).any() else 'negatives'} "
+                       f"for {finding} (no threshold, so no sensitivity, specificity or accuracy)")
+    return "; ".join(reasons) or None
+
+
+def _skipped_reasons(skipped: list[str], model_findings: list[str], dataset: str,
+                     left_out: dict[str, Any]) -> dict[str, str]:
+    """Why each finding was not scored: not in the dataset, left out when the run trained, or
+    never learned."""
+    few = left_out.get("few_positives") or {}
+    non = set(left_out.get("non_findings") or ())
+    out = {}
+    for f in skipped:
+        if f in model_findings:
+            out[f] = f"not a finding of dataset {dataset!r}"
+        elif f in few:
+            out[f] = (f"left out when the run trained: {few[f]} training positives, fewer than "
+                      f"min_positives {left_out.get('min_positives')}")
+        elif f in non:
+            out[f] = "left out when the run trained: not a finding (dataset option non_findings)"
+        else:
+            out[f] = "not learned by the run"
+    return out
+
+
 def _finding_metrics(findings: list[str], scored: _Scored, val: _Scored | None) -> list[dict[str, Any]]:
     """Per finding: AUC, and sensitivity/specificity/accuracy at the validation part's Youden threshold."""
     aucs = np.asarray(roc_auc(scored.y, scored.probs), dtype=float).reshape(-1)
@@ -232,11 +269,13 @@ def predict(
         ck = run_checkpoint(s, run, checkpoint)
         tgt = _target(s, run, dataset, split, part)
         init_name = run.init_name
+        left_out = dict((run.config or {}).get("left_out_findings") or {})
     model_findings = list(ck.findings)
     shared = [f for f in model_findings if f in tgt.part.findings]
     skipped = [f for f in model_findings if f not in tgt.part.findings] + [
         f for f in tgt.part.findings if f not in model_findings
     ]
+    skipped_reasons = _skipped_reasons(skipped, model_findings, tgt.dataset, left_out)
     if not shared:
         raise TrainingError(
             f"run {run_id} predicts {', '.join(model_findings)} but dataset {tgt.dataset!r} has none of "
@@ -258,6 +297,8 @@ def predict(
     scored = _score(model, target, cols, **kw)
     val_scored = scored if part == "val" else (_score(model, val, cols, **kw) if len(val) else None)
     metrics = _finding_metrics(shared, scored, val_scored)
+    undefined = {f: why for j, f in enumerate(shared)
+                 if (why := _undefined(f, part, scored.y[:, j], val_scored.y[:, j] if val_scored else None))}
     aucs = np.array([m["auc"] if m["auc"] is not None else np.nan for m in metrics], dtype=float)
     macro = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else None
     with registry.session() as s:
@@ -269,7 +310,7 @@ def predict(
             config={"checkpoint": ck.role, "checkpoint_sha256": ck.sha256,
                     "threshold_part": "val" if val_scored is not None else None,
                     "model_findings": model_findings, "batch_size": batch_size,
-                    "device": str(dev), "frontal_only": tgt.frontal_only},
+                    "device": str(dev), "frontal_only": tgt.frontal_only, "undefined": undefined},
         )
         eval_id = store_evaluation(s, ev, metrics=metrics, image_ids=target.image_ids,
                                    finding_ids=target.finding_ids, probabilities=scored.probs,
@@ -278,7 +319,8 @@ def predict(
         evaluation_id=eval_id, run_id=run_id, dataset=tgt.dataset, split=tgt.split, part=part,
         checkpoint=ck.role, n_images=len(target), macro_auc=macro,
         auc={m["finding"]: m["auc"] for m in metrics}, metrics=metrics, skipped_findings=skipped,
-        threshold_part="val" if val_scored is not None else None,
+        threshold_part="val" if val_scored is not None else None, undefined=undefined,
+        skipped_reasons=skipped_reasons,
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from .._util import finite_or_none
 from .._util import format_p as _p
 from ..registry.models import MACRO
 from .model import ComparisonRow, ComparisonTable, DatasetSection, FindingRow, InitRow, Report
+
 
 def _f(value: float | None, digits: int = 3) -> str:
     value = finite_or_none(value)
@@ -74,6 +76,12 @@ def _comparison_note(c: ComparisonTable, shown: set[int]) -> str:
         text += (f"; evaluation(s) {', '.join(map(str, stale))} are not the latest of their "
                  "initialisation: the summary table shows newer ones")
     return text + "."
+
+
+def comparison_warnings(c: ComparisonTable) -> list[str]:
+    """The warnings ``vitmed compare`` stored with the comparison (degenerate resamples, images
+    left out), parameter names without their backticks."""
+    return [re.sub(r"`([^`]+)`", r"\1", w) for w in (c.options or {}).get("warnings") or ()]
 
 
 def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow]) -> list[tuple[str, str, str | None]]:

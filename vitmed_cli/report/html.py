@@ -14,6 +14,7 @@ from .cells import (  # the cells and columns both renderers share
     _cmp_caption,
     _cmp_cells,
     _comparison_note,
+    comparison_warnings,
     _f,
     _finding_cells,
     _provenance_items,
@@ -42,6 +43,7 @@ caption{text-align:left;font-size:.9em;color:#444;padding-bottom:.2em}
 flex:1 1 16em;max-width:36em;margin-top:.6em}
 .provenance dt{font-weight:bold}.provenance dd{margin:0 0 .3em 0}
 .note{font-size:.85em;color:#555}
+.warning{font-size:.9em;color:#8a4b00}
 .figures{display:flex;flex-wrap:wrap;gap:.8em}
 figure{margin:0;border:1px solid #dde;padding:.3em;background:#fff}
 figure img{display:block;max-width:100%}figcaption{font-size:.8em;color:#555}
@@ -182,6 +184,8 @@ def render_html(report: Report) -> str:
                 sig.append(cells)
             o.append(_html_table("pvalue-table", {**ds, "data-comparison": c.id}, CMP_COLS,
                                  [_cmp_cells(r) for r in c.rows], sig, _cmp_caption(c)))
+            o += [f'<p class="warning" data-comparison="{c.id}"><strong>Warning:</strong> {_e(w)}</p>'
+                  for w in comparison_warnings(c)]
             o.append(_html_provref(sec, _comparison_note(c, shown), table="pvalue-table", comparison=c.id))
         if sec.figures:
             o.append('<h3>Figures</h3><div class="figures">')

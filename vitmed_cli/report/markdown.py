@@ -11,6 +11,7 @@ from .cells import (  # the cells and columns both renderers share
     _cmp_caption,
     _cmp_cells,
     _comparison_note,
+    comparison_warnings,
     _finding_cells,
     _provenance_items,
     _short,
@@ -77,8 +78,9 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
             sig = [{j for j, p in ((5, r.p_value), (6, r.p_delong), (7, r.p_adjusted)) if is_significant(p)}
                    for r in c.rows]
             o += [f"### {_md_cell(_cmp_caption(c)[0].upper() + _cmp_caption(c)[1:])}", "",
-                  _md_table(CMP_COLS, [_cmp_cells(r) for r in c.rows], sig), "",
-                  _md_cell(_comparison_note(c, shown)) + " " + ref, ""]
+                  _md_table(CMP_COLS, [_cmp_cells(r) for r in c.rows], sig), ""]
+            o += [f"> **Warning:** {_md_cell(w)}\n" for w in comparison_warnings(c)]
+            o += [_md_cell(_comparison_note(c, shown)) + " " + ref, ""]
         if sec.figures:
             o += ["### Figures", ""] + [fig_md(f) + "\n" for f in sec.figures]
     return "\n".join(o).rstrip() + "\n"

@@ -114,8 +114,9 @@ def read_padchest(root: Path) -> RecordSet:
     unlabelled = [str(k) for k, xs in zip(ids, parsed) if xs is None]
     if unlabelled:
         notes.append(
-            f"{len(unlabelled)} images have a blank Labels cell: registered without label rows and listed "
-            "in options['unlabelled_keys'] (leave them out of training and evaluation)"
+            f"{len(unlabelled)} images have a blank Labels cell (no label information): registered "
+            "without labels and left out of training and evaluation (an empty [] cell means no "
+            "finding and is used)"
         )
     if invert_keys:
         notes.append(

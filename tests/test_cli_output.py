@@ -1,0 +1,94 @@
+"""What the CLI prints: user strings as written (never as rich markup), undefined values as n/a with why."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from PIL import Image as PILImage
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from helpers import build_dataset
+from vitmed_cli.cli import app
+from vitmed_cli.registry.models import Finding, Image, Label, SplitAssignment
+
+runner = CliRunner()
+TINY = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def _invoke(url: str, *args: str):
+    return runner.invoke(app, ["--db", url, *args])
+
+
+def _bracketed_csv(folder) -> str:
+    (folder / "img [v2]").mkdir(parents=True)
+    rows = []
+    for i in range(24):
+        name = f"img [v2]/{i:03d}.png"
+        PILImage.fromarray(np.full((24, 24), 10 * i, dtype=np.uint8)).save(folder / name)
+        rows.append({"path": name, "patient_id": f"[/]P{i}", "view": "PA",
+                     "Effusion [left]": i % 2, "[bold]Nodule[/bold]": (i // 2) % 2})
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    return str(folder / "labels.csv")
+
+
+def test_square_brackets_in_names_are_shown_as_written(sqlite_url, tmp_path):
+    csv_path = _bracketed_csv(tmp_path / "data [x]")
+    for name in ("study [v2]", "odd [/]"):
+        res = _invoke(sqlite_url, "ingest", "csv", csv_path, "--name", name, "--image-size", "16",
+                      "--workers", "1")
+        assert res.exit_code == 0, res.output
+        assert f"ingested {name}" in res.stdout and "Effusion [left]" in res.stdout
+    listed = _invoke(sqlite_url, "datasets", "list")
+    assert listed.exit_code == 0, listed.output
+    out = " ".join(listed.stdout.split())
+    assert "study [v2]" in out and "odd [/]" in out
+    shown = _invoke(sqlite_url, "datasets", "show", "odd [/]")
+    assert shown.exit_code == 0, shown.output
+    assert "Effusion [left]" in shown.stdout and "[bold]Nodule[/bold]" in shown.stdout
+    split = _invoke(sqlite_url, "split", "study [v2]", "--name", "s [1]")
+    assert split.exit_code == 0, split.output
+    assert "split s [1] of study [v2]" in " ".join(split.stdout.split())
+    assert "Effusion [left] (positives)" in split.stdout
+    errors = _invoke(sqlite_url, "datasets", "show", "[red]nope")
+    assert errors.exit_code == 1 and "unknown dataset '[red]nope'" in errors.stderr
+
+
+def test_undefined_metrics_are_n_a_with_the_reason(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=120)
+    url = registry.engine.url.render_as_string(hide_password=False)
+    with registry.session() as s:  # no validation image is positive for Nodule
+        val = select(SplitAssignment.image_id).where(SplitAssignment.part == "val")
+        nodule = s.scalar(select(Finding.id).where(Finding.canonical == "Nodule"))
+        s.execute(update(Label).where(Label.image_id.in_(val), Label.finding_id == nodule).values(value=0))
+    res = _invoke(url, "finetune", "--dataset", "toy", "--epochs", "1", "--arch", "vit_tiny_patch16_224",
+                  "--model-kwargs", json.dumps(TINY), "--quiet", "--json")
+    assert res.exit_code == 0, res.output
+    run_id = json.loads(res.stdout)["run_id"]
+    pred = _invoke(url, "predict", "--run", str(run_id))
+    assert pred.exit_code == 0, pred.output
+    row = next(line for line in pred.stdout.splitlines() if "Nodule" in line and "│" in line)
+    assert row.count("n/a") == 4  # threshold, sensitivity, specificity, accuracy
+    assert ("n/a for Nodule: the validation part has no positives for Nodule (no threshold, so no "
+            "sensitivity, specificity or accuracy)") in " ".join(pred.stdout.split())
+    out = json.loads(_invoke(url, "predict", "--run", str(run_id), "--json").stdout)
+    assert set(out["undefined"]) == {"Nodule"}
+    assert out["metrics"][1]["finding"] == "Nodule" and out["metrics"][1]["threshold"] is None
+    with registry.session() as s:
+        assert s.scalar(select(Image.id).limit(1)) is not None
+
+
+def test_predict_names_why_a_finding_was_not_scored(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=80, no_positive="Nodule")
+    url = registry.engine.url.render_as_string(hide_password=False)
+    res = _invoke(url, "finetune", "--dataset", "toy", "--epochs", "1", "--min-positives", "1",
+                  "--arch", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY), "--quiet", "--json")
+    assert res.exit_code == 0, res.output
+    run_id = json.loads(res.stdout)["run_id"]
+    pred = _invoke(url, "predict", "--run", str(run_id))
+    assert pred.exit_code == 0, pred.output
+    assert ("not scored: Nodule (left out when the run trained: 0 training positives, fewer than "
+            "min_positives 1)") in " ".join(pred.stdout.split())
+    assert "not shared" not in pred.stdout
