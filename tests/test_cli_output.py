@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -92,3 +93,34 @@ def test_predict_names_why_a_finding_was_not_scored(registry, tmp_path):
     assert ("not scored: Nodule (left out when the run trained: 0 training positives, fewer than "
             "min_positives 1)") in " ".join(pred.stdout.split())
     assert "not shared" not in pred.stdout
+
+
+def test_predicting_twice_says_so_and_prune_frees_resume_files(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=80)
+    url = registry.engine.url.render_as_string(hide_password=False)
+    kept = json.loads(_invoke(url, "finetune", "--dataset", "toy", "--epochs", "1", "--keep-resume",
+                              "--arch", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY),
+                              "--quiet", "--json").stdout)
+    dropped = json.loads(_invoke(url, "finetune", "--dataset", "toy", "--epochs", "1",
+                                 "--arch", "vit_tiny_patch16_224", "--model-kwargs", json.dumps(TINY),
+                                 "--quiet", "--json").stdout)
+    from vitmed_cli.registry.models import Run
+
+    with registry.session() as s:
+        kept_run, dropped_run = s.get(Run, kept["run_id"]), s.get(Run, dropped["run_id"])
+        kept_file = kept_run.resume_path
+        assert kept_file and os.path.isfile(kept_file)
+        assert dropped_run.resume_path is None and dropped_run.config["resume_removed"] is True
+    more = _invoke(url, "finetune", "--resume", str(dropped["run_id"]), "--epochs", "2")
+    assert more.exit_code == 1
+    assert (f"its resume.pt was removed to save space - train on from its weights in a new run "
+            f"(--init run:{dropped['run_id']}), or keep resume.pt next time (--keep-resume)") in more.stderr
+    first = _invoke(url, "predict", "--run", str(kept["run_id"]), "--name", "mine")
+    assert first.exit_code == 0 and "warning" not in first.stderr
+    second = _invoke(url, "predict", "--run", str(kept["run_id"]), "--name", "mine")
+    assert second.exit_code == 0, second.output
+    assert "warning: evaluation name 'mine' was already used by evaluation(s) 1; stored another one, 2" \
+        in " ".join(second.stderr.split())
+    pruned = json.loads(_invoke(url, "runs", "prune", "--yes", "--json").stdout)
+    assert pruned["pruned"] == [kept["run_id"]] and pruned["bytes_freed"] > 0
+    assert not os.path.exists(kept_file)

@@ -6,6 +6,7 @@ returns plain dicts, ready for a table or JSON.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -199,6 +200,34 @@ def delete_run(registry: Registry, run_id: int) -> dict[str, Any]:
                 )
         s.delete(run)
         return {"id": run_id, "deleted": True}
+
+
+def prune_runs(registry: Registry, run_ids: list[int] | None = None) -> dict[str, Any]:
+    """Delete the resume.pt of runs that ended (completed or failed), or of ``run_ids``; a run
+    that is interrupted, or still trained by a live process, keeps its file.
+
+    Returns the runs pruned and the bytes freed.
+    """
+    pruned, kept, freed = [], [], 0
+    with registry.session() as s:
+        q = select(Run).where(Run.resume_path.is_not(None)).order_by(Run.id)
+        if run_ids:
+            for rid in run_ids:
+                get_run(s, rid)
+            q = q.where(Run.id.in_(run_ids))
+        for run in s.scalars(q):
+            if run.status == "interrupted" or display_status(run) == "running":
+                kept.append({"id": run.id, "why": "it can still be resumed" if run.status == "interrupted"
+                             else "it is still training"})
+                continue
+            path = Path(run.resume_path)
+            if path.is_file():
+                freed += path.stat().st_size
+                path.unlink()
+            run.resume_path = None
+            run.config = {**(run.config or {}), "resume_removed": True}
+            pruned.append(run.id)
+    return {"pruned": pruned, "kept": kept, "bytes_freed": freed}
 
 
 def list_checkpoints(registry: Registry, role: str | None = None) -> list[dict[str, Any]]:

@@ -172,12 +172,13 @@ class EventPrinter:
             self.advance(event)
 
     def notice(self, event: Notice) -> None:
+        text = cli_message(event.text)  # `param` in library words -> --param
         if event.level == "warning":
-            line = Text("warning: ", style="yellow") + Text(event.text)
+            line = Text("warning: ", style="yellow") + Text(text)
         elif event.level == "detail" and self.quiet:
             return
         else:
-            line = Text(event.text)
+            line = Text(text)
         target = self._bar.console if self._bar is not None else self.console
         target.print(line, soft_wrap=True, highlight=False)
 

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from ..choices import DEFAULT_PREDICT_BATCH, Device
 from ..choices import RunRole as Role
-from ._common import JsonOpt, Part, console, fmt, print_json, print_table, state, want_json
+from ._common import EventPrinter, JsonOpt, Part, console, fmt, print_json, print_table, state, want_json
 
 
 def predict(
@@ -33,10 +33,12 @@ def predict(
     """
     from ..evaluations import predict as predict_lib
 
-    result = predict_lib(
-        state(ctx).registry(), run_id=run, dataset=dataset, split=split, part=part.value,
-        checkpoint=checkpoint.value, batch_size=batch_size, device=device.value, name=name,
-    )
+    with EventPrinter() as on_event:
+        result = predict_lib(
+            state(ctx).registry(), run_id=run, dataset=dataset, split=split, part=part.value,
+            checkpoint=checkpoint.value, batch_size=batch_size, device=device.value, name=name,
+            on_event=on_event,
+        )
     if want_json(ctx, json_out):
         print_json(result.to_dict())
         return

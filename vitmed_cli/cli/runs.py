@@ -68,3 +68,25 @@ def delete(
     confirm_delete(ctx, yes, f"delete run {run_id} with its metrics, checkpoints and evaluations?",
                    lambda: catalog.delete_run(state(ctx).registry(), run_id),
                    json_out, "deleted run {id}")
+
+
+@app.command("prune")
+def prune(
+    ctx: typer.Context,
+    run_ids: Annotated[Optional[list[int]], typer.Option(
+        "--run", help="Only this run (repeat). Default: every run that ended.")] = None,
+    yes: YesOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Free disk: delete resume.pt (the optimiser state, about 1 GB for a ViT-B) of runs that ended.
+
+    Best and last checkpoints stay, so predict and --init run:ID work as before; an interrupted run,
+    or one still training, keeps its resume.pt.
+    Example: vitmed runs prune --yes
+    """
+    confirm_delete(ctx, yes, "delete resume.pt of every run that ended?" if not run_ids else
+                   f"delete resume.pt of run(s) {', '.join(map(str, run_ids))}?",
+                   lambda: {**(out := catalog.prune_runs(state(ctx).registry(), run_ids)),
+                            "n": len(out["pruned"]), "mb": out["bytes_freed"] / 1e6},
+                   json_out, "pruned {n} run(s), {mb:.1f} MB freed")
+

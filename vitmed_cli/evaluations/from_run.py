@@ -33,6 +33,7 @@ from ..choices import DEFAULT_PREDICT_BATCH, Part, RunRole
 from ..datasets.loader import BatchLoader
 from ..datasets.parts import PartData, apply_uncertain, check_cache, load_part
 from ..errors import NotFound, TrainingError
+from ..events import Listener, warning
 from ..inference import model_norm, predict_logits, probabilities, resolve_device
 from ..models import create_model
 from ..registry.db import Registry
@@ -258,8 +259,13 @@ def predict(
     device: str = "auto",
     num_workers: int = 1,
     name: str | None = None,
+    on_event: Listener | None = None,
 ) -> PredictResult:
-    """Score one split part with run ``run_id`` and store the evaluation; see the module doc."""
+    """Score one split part with run ``run_id`` and store the evaluation; see the module doc.
+
+    Predicting again stores another evaluation (the report and ``compare --init`` use the
+    newest); ``on_event`` is told when the name was already taken.
+    """
     part = Part.parse(part, "part").value
     if batch_size < 1:
         raise TrainingError(f"`batch_size` must be at least 1, got {batch_size}")
@@ -301,9 +307,11 @@ def predict(
                  if (why := _undefined(f, part, scored.y[:, j], val_scored.y[:, j] if val_scored else None))}
     aucs = np.array([m["auc"] if m["auc"] is not None else np.nan for m in metrics], dtype=float)
     macro = float(np.nanmean(aucs)) if np.isfinite(aucs).any() else None
+    name = name or f"run{run_id}-{init_name}-{tgt.dataset}-{part}"
     with registry.session() as s:
+        earlier = s.scalars(select(Evaluation.id).where(Evaluation.name == name).order_by(Evaluation.id)).all()
         ev = Evaluation(
-            name=name or f"run{run_id}-{init_name}-{tgt.dataset}-{part}",
+            name=name,
             source="predict", run_id=run_id, checkpoint_id=ck.checkpoint_id, dataset_id=tgt.dataset_id,
             split_id=tgt.split_id, part=part, init_name=init_name, n_images=len(target),
             macro_auc=macro, skipped_findings=skipped, uncertain_policy=tgt.uncertain,
@@ -315,6 +323,11 @@ def predict(
         eval_id = store_evaluation(s, ev, metrics=metrics, image_ids=target.image_ids,
                                    finding_ids=target.finding_ids, probabilities=scored.probs,
                                    labels=scored.y)
+    if earlier:
+        warning(on_event, f"evaluation name {name!r} was already used by evaluation(s) "
+                          f"{', '.join(map(str, earlier))}; stored another one, {eval_id} (the report and "
+                          "compare `init` use the newest; give each its own `name`, or delete the old "
+                          "one with vitmed evals delete ID)")
     return PredictResult(
         evaluation_id=eval_id, run_id=run_id, dataset=tgt.dataset, split=tgt.split, part=part,
         checkpoint=ck.role, n_images=len(target), macro_auc=macro,

@@ -126,6 +126,7 @@ def finetune(
     frontal_only: bool = True,
     findings: list[str] | None = None,
     min_positives: int | None = None,
+    keep_resume: bool = False,
     on_event: Listener | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> RunResult:
@@ -145,7 +146,7 @@ def finetune(
         num_workers=num_workers, compile=compile, model_kwargs=dict(model_kwargs or {}),
         scheduler=str(getattr(scheduler, "value", scheduler)), max_rotation=max_rotation,
         frontal_only=frontal_only, findings=list(findings) if findings is not None else None,
-        min_positives=min_positives,
+        min_positives=min_positives, keep_resume=keep_resume,
     )
     cfg.check()
     info = dist.setup(cfg.device)
@@ -190,10 +191,16 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
             # dataset's options say now
             stored["findings"] = list(run.findings)
         status, done, planned, resume_path = run.status, run.epochs_done, run.epochs_planned, run.resume_path
+        resume_removed = bool((run.config or {}).get("resume_removed"))
         _refuse_live_owner(run)
     if not stored:
         raise TrainingError(f"run {run_id} was not made by vitmed finetune - it cannot be resumed")
     target = epochs if epochs is not None else planned
+    if status == "completed" and target > done and resume_removed:
+        raise TrainingError(
+            f"run {run_id} is completed and its resume.pt was removed to save space - train on from its "
+            f"weights in a new run (`init` run:{run_id}), or keep resume.pt next time (`keep_resume`)"
+        )
     if status == "completed" and (epochs is None or target <= done):
         raise TrainingError(
             f"run {run_id} is already completed ({done} epochs) - pass a larger `epochs` to "

@@ -47,6 +47,7 @@ class TrainConfig:
     frontal_only: bool = True
     findings: list[str] | None = None  # canonical names to learn; None = all but non-findings
     min_positives: int | None = None  # None = every finding needs a training positive
+    keep_resume: bool = False  # keep resume.pt (optimiser state, ~3x the weights) after completion
 
     def check(self) -> None:
         """Refuse values no run can train with; messages name the parameter."""

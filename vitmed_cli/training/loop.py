@@ -422,8 +422,13 @@ class TrainingLoop:
             checkpoints = records.register_outputs(self.registry, self.run_id, files) if self.best.epoch else {}
             if status == "interrupted":
                 message = f"run {self.run_id} interrupted - continue it with: vitmed finetune --resume {self.run_id}"
+            ended: dict[str, Any] = {}
+            if status == "completed" and not self.cfg.keep_resume and self.files.resume.is_file():
+                # the optimiser state is about three times the weights; best/last stay
+                self.files.resume.unlink()
+                ended = {"resume_path": None, "config_update": {"resume_removed": True}}
             records.update_run(self.registry, self.run_id, status=status, ended_at=records.utcnow(),
-                               error=message if status == "interrupted" else None)
+                               error=message if status == "interrupted" else None, **ended)
         return RunResult(run_id=self.run_id, status=status, best_epoch=self.best.epoch,
                          best_val_macro_auc=self.best.auc, epochs_done=len(self.history),
                          epochs_planned=self.cfg.epochs, history=self.history,
