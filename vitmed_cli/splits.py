@@ -30,6 +30,7 @@ from sqlalchemy import delete, func, insert, select
 from .registry.queries import get_dataset, get_split, used_images
 from .errors import AlreadyExists, ConfigError, InputError, RefusedError
 from .registry.db import Registry
+from .registry.names import check_name
 from .registry.models import (
     PARTS,
     Dataset,
@@ -332,7 +333,8 @@ def make_split(
     check_fractions(val, test)
     with registry.session() as s:
         ds = get_dataset(s, dataset)
-        name = name or f"{'patient' if ds.has_patient_ids else 'image'}-s{seed}"
+        name = check_name(name or f"{'patient' if ds.has_patient_ids else 'image'}-s{seed}", Split.name,
+                          param="name", what="split")
         _drop_existing(s, ds, name, replace)
         images = _load_images(s, ds)
         if len(images.ids) == 0:
@@ -369,6 +371,7 @@ def official_split(
 
     A patient with any official test image goes to test entirely, so no patient leaks.
     """
+    name = check_name(name, Split.name, param="name", what="split")
     check_fractions(val, 0.0)
     with registry.session() as s:
         ds = get_dataset(s, dataset)
@@ -448,6 +451,7 @@ def import_split(
     Patients are taken from the registry, not the file; a file that puts one
     patient in two parts is refused with the patient ids.
     """
+    name = check_name(name, Split.name, param="name", what="split")
     file = Path(file)
     try:
         text = file.read_text(encoding="utf-8-sig")

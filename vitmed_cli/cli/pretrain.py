@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from .. import weights
-from ._common import JsonOpt, err_console, print_json, print_record, state, want_json
+from ._common import JsonOpt, cli_message, err_console, print_json, print_record, state, want_json
 
 
 def pretrain_load(
@@ -87,3 +88,5 @@ def pretrain_load(
         else f"registered checkpoint {result.checkpoint_id}"
     )
     print_record(result.to_dict(), title=title)
+    if result.note():
+        err_console.print(Text("note: " + cli_message(result.note())), soft_wrap=True)

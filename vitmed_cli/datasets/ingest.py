@@ -25,6 +25,7 @@ from ..errors import AlreadyExists, ConfigError, InputError
 from ..events import Listener, progress
 from ..registry.db import Registry
 from ..registry.models import Dataset, Finding, Image, Label
+from ..registry.names import check_name
 from .cache import ensure_cache, fill_cache
 from .findings import harmonise
 from .formats import READERS, check_options
@@ -406,8 +407,7 @@ def ingest_dataset(
     """
     started = time.perf_counter()
     fmt = Format.parse(fmt, "ingest format").value
-    if not name or not str(name).strip():
-        raise ConfigError("`name` must not be empty - name the dataset, e.g. vindr")
+    name = check_name(name, Dataset.name, param="name", what="dataset")
     if not 16 <= int(image_size) <= 2048:
         raise ConfigError(f"`image_size` must be between 16 and 2048 pixels (got {image_size})")
     if workers is not None and workers < 1:

@@ -38,6 +38,7 @@ from ..inference import model_norm, predict_logits, probabilities, resolve_devic
 from ..models import create_model
 from ..registry.db import Registry
 from ..registry.models import Checkpoint, Evaluation, Run, SplitAssignment
+from ..registry.names import check_name
 from ..registry.queries import get_dataset, get_run, get_split
 from ..stats import roc_auc, threshold_metrics, youden_threshold
 from ..weights import read_weights
@@ -269,6 +270,8 @@ def predict(
     part = Part.parse(part, "part").value
     if batch_size < 1:
         raise TrainingError(f"`batch_size` must be at least 1, got {batch_size}")
+    if name is not None:
+        check_name(name, Evaluation.name, param="name", what="evaluation")
     dev = resolve_device(device)
     with registry.session(readonly=True) as s:
         run = get_run(s, run_id)

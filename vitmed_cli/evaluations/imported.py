@@ -25,6 +25,7 @@ from ..datasets.parts import apply_uncertain
 from ..errors import InputError
 from ..registry.db import Registry
 from ..registry.models import Evaluation, Finding, Image, Label, SplitAssignment
+from ..registry.names import check_name
 from ..registry.queries import get_dataset, get_split, unlabelled_keys, used_images
 from ..stats import roc_auc
 from .store import store_evaluation
@@ -239,6 +240,8 @@ def import_evaluation(
     """
     uncertain = UncertainPolicy.parse(uncertain, "uncertain").value
     part = Part.parse(part, "part").value
+    # the name is the model's label in comparisons too (Evaluation.init_name)
+    check_name(name, Evaluation.name, Evaluation.init_name, param="name", what="evaluation")
     table = _read_table(Path(path), key_col)
     with registry.session() as s:
         ds = get_dataset(s, dataset)

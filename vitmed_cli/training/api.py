@@ -70,9 +70,9 @@ def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
     # the init file is read once here and refused if its bytes are not the registered ones,
     # before any run row exists; the loop builds the model from these very tensors
     init_state = load_init_state(spec)
-    note = left_out_message(prep.left_out)
-    if note:
-        warning(on_event, note)
+    for note in (left_out_message(prep.left_out), spec.choice_note()):
+        if note:
+            warning(on_event, note)
     arch = cfg.arch or spec.arch
     check_arch_name(arch)
     image_size = cfg.image_size or prep.cache_size

@@ -54,7 +54,8 @@ _OFFICIAL = {
     },
 }
 
-VALID_INIT_HELP = "random, dinov2, imagenet, run:<id>, ckpt:<id> or a registered checkpoint name"
+VALID_INIT_HELP = ("random, dinov2, imagenet, run:<id>, ckpt:<id>, a registered checkpoint name, or "
+                   "NAME@<checkpoint id> for one of several files registered under a name")
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,18 @@ class InitSpec:
     drop_head: bool
     model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     findings: tuple[str, ...] | None = None
+    others: tuple[int, ...] = ()  # older checkpoints registered under the same name
+
+    def choice_note(self) -> str | None:
+        """A warning when the name stands for several files: which one is used, how to pick another."""
+        if not self.others:
+            return None
+        return (f"{self.name} has {len(self.others) + 1} registered files: using the newest, checkpoint "
+                f"{self.checkpoint_id} (sha256 {(self.sha256 or '')[:12]}); choose another with `init` "
+                + " or ".join(f"{self.name}@{i}" for i in self.others))
 
 
-def _spec_from(ckpt: Checkpoint, name: str | None = None) -> InitSpec:
+def _spec_from(ckpt: Checkpoint, name: str | None = None, others: tuple[int, ...] = ()) -> InitSpec:
     meta = ckpt.meta or {}
     return InitSpec(
         name=name or ckpt.init,
@@ -84,6 +94,7 @@ def _spec_from(ckpt: Checkpoint, name: str | None = None) -> InitSpec:
         drop_head=True,
         model_kwargs=dict(meta.get("model_kwargs") or {}),
         findings=tuple(ckpt.findings) if ckpt.findings else None,
+        others=others,
     )
 
 
@@ -163,6 +174,9 @@ def resolve_init(
         _require_file(best)
         return _spec_from(best, name=init)
 
+    if "@" in init:
+        return _resolve_addressed(session, init, arch)
+
     if init.startswith("ckpt:"):
         ckpt = session.get(Checkpoint, _parse_id(init, "ckpt:"))
         if ckpt is None:
@@ -181,7 +195,7 @@ def resolve_init(
             rows = [r for r in rows if r.arch == arch or _base_arch(r.arch) == _base_arch(arch)]
         if rows:
             _require_file(rows[0])
-            return _spec_from(rows[0])
+            return _spec_from(rows[0], others=tuple(r.id for r in rows[1:]))
         target = arch or DEFAULT_ARCH[init]
         if use_hub_cache:
             found = find_hub_weights(target)
@@ -201,7 +215,7 @@ def resolve_init(
         if rows:
             _check_arch(rows[0], arch, init)
             _require_file(rows[0])
-            return _spec_from(rows[0])
+            return _spec_from(rows[0], others=tuple(r.id for r in rows[1:]))
 
     names = sorted(
         set(session.scalars(select(Checkpoint.init).where(Checkpoint.role == "init")).all())
@@ -209,6 +223,32 @@ def resolve_init(
     )
     extra = f" (registered: {', '.join(names)})" if names else ""
     raise WeightsError(f"unknown initialisation {init!r} - use one of: {VALID_INIT_HELP}{extra}")
+
+
+def _resolve_addressed(session: "Session", init: str, arch: str | None) -> InitSpec:
+    """``NAME@ID``: checkpoint ID, which must be registered under NAME."""
+    name, _, raw = init.rpartition("@")
+    if not raw.isdigit() or not name:
+        raise WeightsError(f"bad initialisation {init!r} - write NAME@<checkpoint id>, e.g. dinov2@3 "
+                           "(ids: vitmed checkpoints list)")
+    ckpt = session.get(Checkpoint, int(raw))
+    if ckpt is None or ckpt.role != "init":
+        raise WeightsError(f"no initialisation checkpoint {raw} in the registry - see vitmed checkpoints list")
+    if name not in (ckpt.init, ckpt.name):
+        raise WeightsError(f"checkpoint {raw} is registered as {ckpt.init!r}, not {name!r} - see vitmed "
+                           "checkpoints list")
+    _check_arch(ckpt, arch, init)
+    _require_file(ckpt)
+    return _spec_from(ckpt, name=ckpt.init)
+
+
+def registered_under(session: "Session", init: str) -> list[Checkpoint]:
+    """The initialisation checkpoints registered under ``init`` (by init or name), newest first."""
+    return list(session.scalars(
+        select(Checkpoint)
+        .where((Checkpoint.init == init) | (Checkpoint.name == init), Checkpoint.role == "init")
+        .order_by(Checkpoint.id.desc())
+    ))
 
 
 def _check_arch(ckpt: Checkpoint, arch: str | None, init: str) -> None:

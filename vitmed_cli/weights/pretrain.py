@@ -3,6 +3,7 @@ cache, or an earlier run, after reading the file once and checking it against it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,9 +12,18 @@ from .. import models
 from ..errors import WeightsError
 from ..events import Listener, detail
 from ..registry.models import Checkpoint
+from ..registry.names import check_name
 from .files import check_file, read_weights
 from .hub import download_hub_weights, find_hub_weights, hub_cache_dir
-from .inits import _OFFICIAL, DEFAULT_ARCH, _missing_weights_error, _parse_id, _require_file, _run_best
+from .inits import (
+    _OFFICIAL,
+    DEFAULT_ARCH,
+    _missing_weights_error,
+    _parse_id,
+    _require_file,
+    _run_best,
+    registered_under,
+)
 from .registry import PretrainLoadResult, _checked_meta, _find_registered, _result, register_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,6 +84,8 @@ def pretrain_load(
     """
     init = (init or "").strip()
     kwargs = models.parse_model_kwargs(model_kwargs)
+    if name is not None:
+        check_name(name, Checkpoint.name, Checkpoint.init, param="name", what="initialisation")
 
     if init.startswith("run:"):
         run_id = _parse_id(init, "run:")
@@ -123,6 +135,7 @@ def pretrain_load(
         if found is None and allow_network:
             found = download_hub_weights(arch)
         if found is None:
+            _refuse_registered_again(registry, init_name)
             if init in _OFFICIAL:
                 raise _missing_weights_error(init, arch)
             raise WeightsError(
@@ -132,5 +145,20 @@ def pretrain_load(
         path, source = found.resolve(), "hub-cache"
     else:
         path = check_file(file)
-    return _register_file(registry, init_name, path, arch, name=label, model_kwargs=kwargs,
-                          source=source, on_event=on_event)
+    result = _register_file(registry, init_name, path, arch, name=label, model_kwargs=kwargs,
+                            source=source, on_event=on_event)
+    with registry.session(readonly=True) as session:
+        others = tuple(c.id for c in registered_under(session, result.init) if c.id != result.checkpoint_id)
+    return dataclasses.replace(result, others=others)
+
+
+def _refuse_registered_again(registry: "Registry", init: str) -> None:
+    """No file given and none in the cache, but the name is registered already: say so."""
+    with registry.session(readonly=True) as session:
+        rows = registered_under(session, init)
+    if rows:
+        listed = ", ".join(f"{c.id} ({c.arch}, sha256 {c.sha256[:12]})" for c in rows)
+        raise WeightsError(
+            f"{init} weights are already registered as checkpoint(s) {listed}, newest first - fine-tune "
+            f"with `init` {init} (the newest) or {init}@ID; to register another file give `file`"
+        )

@@ -38,6 +38,16 @@ class PretrainLoadResult:
     existing: bool
     image_size: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    others: tuple[int, ...] = ()  # other (older) checkpoints registered under the same name
+
+    def note(self) -> str | None:
+        """When the name now stands for several files: which one `init NAME` uses, how to pick others."""
+        if not self.others:
+            return None
+        newest = max((self.checkpoint_id, *self.others))
+        return (f"{self.init} now names {len(self.others) + 1} registered files: `init` {self.init} uses "
+                f"the newest (checkpoint {newest}); the others are "
+                + ", ".join(f"{self.init}@{i}" for i in sorted(set((self.checkpoint_id, *self.others)) - {newest})))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +62,7 @@ class PretrainLoadResult:
             "existing": self.existing,
             "image_size": self.image_size,
             "model_kwargs": dict(self.model_kwargs),
+            "others": list(self.others),
         }
 
 
