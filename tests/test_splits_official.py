@@ -31,3 +31,22 @@ def test_split_summary_counts_the_images_training_uses(registry, tmp_path):
         for part in ("train", "val", "test"):
             assert info["parts"][part]["n_used"] == len(load_part(s, "toy", "s1", part))
     assert sum(p["n_used"] for p in info["parts"].values()) < info["n_images"]
+
+
+def test_an_empty_validation_part_is_reported_where_the_split_is_made(registry, sqlite_url):
+    from typer.testing import CliRunner
+
+    from vitmed_cli.cli import app
+
+    # two patients outside the official test part: 0.1 of them is none, so val comes out empty
+    add_dataset(registry, "nih", n_patients=4, official=lambda p: "test" if p >= 2 else "train")
+    res = CliRunner().invoke(app, ["--db", sqlite_url, "split", "nih", "--official", "--val", "0.1"])
+    assert res.exit_code == 0, res.output
+    assert ("warning: the val part is empty (too few patients for a 0.1 fraction) - finetune chooses the "
+            "best epoch on it; make the split again with a larger --val or from more patients") in \
+        " ".join(res.stderr.split())
+    from vitmed_cli.splits import make_split
+
+    info = make_split(registry, "nih", val=0.1, test=0.2, name="tiny")
+    assert any(w.startswith("the val part is empty (too few patients for a 0.1 fraction)")
+               for w in info["warnings"])

@@ -310,13 +310,29 @@ def split_summary(session, sp: Split) -> dict[str, Any]:
     }
 
 
-def _empty_part_notes(summary: dict[str, Any], fractions: dict[str, float]) -> list[str]:
+_NEEDED_FOR = {"train": "finetune trains on it", "val": "finetune chooses the best epoch on it",
+               "test": "predict and compare score on it"}
+
+
+def part_warnings(summary: dict[str, Any], fractions: dict[str, float | None]) -> list[str]:
+    """A part that came out empty, or without any image training and evaluation use, said where
+    the split is made (not first at finetune).  ``fractions``: the parts asked for (None: official)."""
     unit = "patients" if summary["by"] == "patient" else "images"
-    return [
-        f"the {p} part is empty: too few {unit} for a {frac:g} fraction"
-        for p, frac in fractions.items()
-        if frac > 0 and summary["parts"][p]["n_images"] == 0
-    ]
+    out = []
+    for part, frac in fractions.items():
+        info = summary["parts"][part]
+        if info["n_used"] or frac == 0:
+            continue
+        if info["n_images"] == 0:
+            why = (f"too few {unit} for a {frac:g} fraction" if frac is not None
+                   else "no image was given this part")
+            out.append(f"the {part} part is empty ({why}) - {_NEEDED_FOR[part]}; make the split again "
+                       f"with a larger `{part}` or from more {unit}")
+        else:
+            out.append(f"the {part} part has {info['n_images']} images but none that training and "
+                       f"evaluation use (frontal, readable, labelled) - {_NEEDED_FOR[part]}; see vitmed "
+                       f"datasets show {summary['dataset']}")
+    return out
 
 
 def make_split(
@@ -352,8 +368,8 @@ def make_split(
                          "leakage cannot be ruled out")
         elif n_missing:
             notes.append(f"{n_missing} image(s) without a patient id were split as their own patients")
-        notes += _empty_part_notes(out, dict(zip(PARTS, fractions)))
         out["notes"] = notes
+        out["warnings"] = part_warnings(out, dict(zip(PARTS, fractions)))
         return out
 
 
@@ -422,6 +438,7 @@ def official_split(
         if not by_patient:
             notes.append(f"dataset {dataset!r} has no patient ids: the validation part is taken per image")
         out["notes"] = notes
+        out["warnings"] = part_warnings(out, {"train": None, "val": None if has_val else val, "test": None})
         return out
 
 
@@ -523,6 +540,7 @@ def import_split(
             [f"{out['n_unassigned']} image(s) of the dataset are not in the file and stay unassigned"]
             if out["n_unassigned"] else []
         )
+        out["warnings"] = part_warnings(out, {"train": None, "val": None, "test": None})
         return out
 
 

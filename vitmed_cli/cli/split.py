@@ -11,7 +11,7 @@ from rich.text import Text
 
 from .. import splits
 from ..errors import ConfigError
-from ._common import JsonOpt, console, err_console, print_json, state, want_json
+from ._common import JsonOpt, cli_message, console, err_console, print_json, state, want_json
 
 
 def _render(info: dict[str, Any]) -> None:
@@ -38,6 +38,8 @@ def _render(info: dict[str, Any]) -> None:
         console.print(f"{info['n_unassigned']} image(s) unassigned")
     for note in info.get("notes", []):
         err_console.print(Text(f"note: {note}"))
+    for warning in info.get("warnings", []):
+        err_console.print(Text("warning: ", style="yellow") + Text(cli_message(warning)))
 
 
 def split(

@@ -171,7 +171,7 @@ def read_weights(
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
         raise WeightsError(
-            f"{what or 'the weights file'} {p} changed since it was registered (sha256 "
+            f"{what or 'the weights file'} ({p}) changed since it was registered (sha256 "
             f"{digest[:12]}..., registered {sha256[:12]}...) - restore the original file, or "
             "register the new one (vitmed pretrain-load)"
         )
