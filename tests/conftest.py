@@ -38,9 +38,14 @@ def pytest_configure(config):
 def _isolated_workspace(tmp_path_factory, monkeypatch):
     """Every test gets its own VITMED_HOME and no inherited registry URL."""
     home = tmp_path_factory.mktemp("vitmed_home")
+    for name in list(os.environ):  # none of the user's settings leak in (the test database stays)
+        if name.startswith("VITMED_") and name != PG_ENV:
+            monkeypatch.delenv(name)
     monkeypatch.setenv("VITMED_HOME", str(home))
-    monkeypatch.delenv("VITMED_DB_URL", raising=False)
-    monkeypatch.delenv("VITMED_DEBUG", raising=False)
+    # an empty Hugging Face cache: weights the user downloaded must not change what tests see
+    for name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
     return home
 
 

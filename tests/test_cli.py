@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,10 @@ def test_python_dash_m_runs_the_same_cli(tmp_path):
 
 def test_console_script_errors_without_traceback(tmp_path):
     env = {**os.environ, "VITMED_HOME": str(tmp_path)}
-    proc = subprocess.run(["vitmed", "--db", "nope://x", "runs", "list"],
+    # the console script installed beside this interpreter: the test must not depend on PATH
+    # (a virtual environment that is not activated)
+    script = Path(sysconfig.get_path("scripts")) / "vitmed"
+    proc = subprocess.run([str(script), "--db", "nope://x", "runs", "list"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -200,3 +204,19 @@ def test_bare_registry_paths(tmp_path, monkeypatch):
     # a path ending in .db is a SQLite file, created on first use
     assert json.loads(invoke("--db", "lab.db", "runs", "list", "--json").stdout) == []
     assert (tmp_path / "lab.db").is_file()
+
+
+def test_the_suite_does_not_depend_on_path_or_the_users_settings(tmp_path):
+    """Run CLI tests as a user would with an inactive virtual environment and their own settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VITMED_", "PYTEST_"))}
+    env.update(PATH="/usr/bin:/bin",  # the interpreter's scripts folder is not on it
+               VITMED_DB_URL=f"sqlite:///{tmp_path / 'users-own.db'}", VITMED_DEBUG="1",
+               VITMED_HOME=str(tmp_path / "users-home"))
+    tests = [f"{ROOT / 'tests' / 'test_cli.py'}::{name}" for name in
+             ("test_console_script_errors_without_traceback", "test_bare_registry_paths",
+              "test_delete_commands_refuse_or_cascade")]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", *tests],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "3 passed" in proc.stdout
+    assert not (tmp_path / "users-own.db").exists() and not (tmp_path / "users-home").exists()
