@@ -160,6 +160,12 @@ def test_every_command_has_help_with_an_example_and_is_in_readme():
         assert f"vitmed {' '.join(path)}" in readme, f"README.md does not mention vitmed {' '.join(path)}"
 
 
+def test_every_argument_and_option_has_help():
+    for path, cmd in _all_commands(None):
+        missing = [p.name for p in cmd.params if not getattr(p, "help", None)]
+        assert not missing, f"vitmed {' '.join(path)}: no help for {', '.join(missing)}"
+
+
 def test_delete_commands_refuse_or_cascade(tmp_path):
     from helpers import populate_registry as _populate
 
