@@ -88,23 +88,7 @@ def pretrain_load(
         check_name(name, Checkpoint.name, Checkpoint.init, param="name", what="initialisation")
 
     if init.startswith("run:"):
-        run_id = _parse_id(init, "run:")
-        with registry.session() as session:
-            best = _run_best(session, run_id)
-            _require_file(best)
-            found = _find_registered(session, best.sha256, best.arch)
-            if found is not None:
-                return _result(found, existing=True)
-            label = name or init
-            ckpt = Checkpoint(
-                name=label, init=label, arch=best.arch, path=best.path, sha256=best.sha256,
-                source="run", role="init", run_id=run_id, epoch=best.epoch,
-                n_params=best.n_params, image_size=best.image_size, findings=best.findings,
-                meta={**(best.meta or {}), "from_checkpoint": best.id, "from_run": run_id},
-            )
-            session.add(ckpt)
-            session.flush()
-            return _result(ckpt, existing=False)
+        return _register_run(registry, _parse_id(init, "run:"), name or init)
 
     if init == "random":
         raise WeightsError(
@@ -150,6 +134,25 @@ def pretrain_load(
     with registry.session(readonly=True) as session:
         others = tuple(c.id for c in registered_under(session, result.init) if c.id != result.checkpoint_id)
     return dataclasses.replace(result, others=others)
+
+
+def _register_run(registry: "Registry", run_id: int, label: str) -> PretrainLoadResult:
+    """A run's best checkpoint as an initialisation (the study's in-domain supervised init)."""
+    with registry.session() as session:
+        best = _run_best(session, run_id)
+        _require_file(best)
+        found = _find_registered(session, best.sha256, best.arch)
+        if found is not None:
+            return _result(found, existing=True)
+        ckpt = Checkpoint(
+            name=label, init=label, arch=best.arch, path=best.path, sha256=best.sha256,
+            source="run", role="init", run_id=run_id, epoch=best.epoch,
+            n_params=best.n_params, image_size=best.image_size, findings=best.findings,
+            meta={**(best.meta or {}), "from_checkpoint": best.id, "from_run": run_id},
+        )
+        session.add(ckpt)
+        session.flush()
+        return _result(ckpt, existing=False)
 
 
 def _refuse_registered_again(registry: "Registry", init: str) -> None:
