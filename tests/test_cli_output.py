@@ -51,6 +51,11 @@ def test_square_brackets_in_names_are_shown_as_written(sqlite_url, tmp_path):
     assert "Effusion [left]" in shown.stdout and "[bold]Nodule[/bold]" in shown.stdout
     split = _invoke(sqlite_url, "split", "study [v2]", "--name", "s [1]")
     assert split.exit_code == 0, split.output
+    # datasets show gives each part's used images: the counts split shows and training uses
+    made = json.loads(_invoke(sqlite_url, "split", "odd [/]", "--name", "s2", "--json").stdout)
+    shown = json.loads(_invoke(sqlite_url, "datasets", "show", "odd [/]", "--json").stdout)
+    assert shown["splits"][0]["used"] == {p: v["n_used"] for p, v in made["parts"].items() if v["n_images"]}
+    assert sum(shown["splits"][0]["used"].values()) == 24
     assert "split s [1] of study [v2]" in " ".join(split.stdout.split())
     assert "Effusion [left] (positives)" in split.stdout
     errors = _invoke(sqlite_url, "datasets", "show", "[red]nope")

@@ -345,6 +345,8 @@ def test_padchest_long_ids_labels_and_projections(any_registry, padchest_dir):
     assert ds.options["non_findings"] == ["exclude"]  # 'normal' -> "No Finding" is a label
     assert ds.options["unlabelled_keys"] == ["216840111366964012373310883942009152114636713_00-102-046.png"]
     assert any("blank Labels" in n for n in s.notes) and any("MONOCHROME1" in n for n in s.notes)
+    # the note speaks of the images, not of an internal option name
+    assert not any("options[" in n for n in s.notes)
     first = imgs["216840111366964012283393834152009033102258826_00-141-160.png"]
     assert first.patient_id == "199977652104183101926373426291893722000"  # exact digits, never a float
     assert first.study_id == "216840111366964012283393834152009033102258826"
