@@ -427,10 +427,6 @@ def open_registry(db: str | None = None, *, home: str | os.PathLike | None = Non
     return Registry(engine, get_workspace(home) if home is not None else None, write=write, url=url)
 
 
-def in_debug_mode() -> bool:
-    return os.environ.get("VITMED_DEBUG", "").lower() in {"1", "true", "yes"}
-
-
 def check_schema_readonly(engine: Engine) -> SchemaState:
     """The schema state, refusing a registry newer than this vitmed; never writes."""
     url = _redact(engine.url.render_as_string(hide_password=False))
