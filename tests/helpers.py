@@ -226,3 +226,114 @@ def populate_registry(reg) -> dict[str, int]:
         s.add(ComparisonResult(comparison_id=cmp.id, finding="__macro__", diff=0.1, p_value=0.5))
         return {"dataset": ds.id, "run": run.id, "eval_a": ev_a.id, "eval_b": ev_b.id,
                 "comparison": cmp.id, "init": init.id}
+
+
+# --------------------------------------------------------------------------- weights in release layouts
+
+DINOV3_VIT = "vit_small_patch16_dinov3"
+DINOV3_VIT_KW = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+DINOV3_CONVNEXT = "convnext_tiny.dinov3_lvd1689m"
+DINOV3_CONVNEXT_KW = {"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32]}
+
+
+def write_dinov3_vit(folder: Path, *, seed: int = 0, arch: str = DINOV3_VIT,
+                     kwargs: dict | None = None) -> tuple[Path, dict]:
+    """A tiny DINOv3 ViT saved as Meta's release saves it (dinov3_vit*16_pretrain_*.pth):
+    ``storage_tokens``, ``blocks.N.ls1.gamma``, a fused ``qkv.bias`` (zero where timm has none)
+    with its ``bias_mask``, ``rope_embed.periods`` and the pretraining ``mask_token``.
+    Returns the file and timm's own state dict of the same weights."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **(kwargs or DINOV3_VIT_KW))
+    timm_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    dim = timm_sd["cls_token"].shape[-1]
+    out: dict = {}
+    for k, v in timm_sd.items():
+        if k.endswith(".attn.q_bias"):
+            out[k.replace("q_bias", "qkv.bias")] = torch.cat(
+                [v, torch.zeros_like(v), timm_sd[k.replace("q_bias", "v_bias")]])
+            continue
+        if k.endswith(".attn.v_bias"):
+            continue
+        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma")
+        out[k.replace("gamma_2", "ls2.gamma")] = v
+    for i in range(sum(1 for k in timm_sd if k.endswith(".norm1.weight"))):
+        out.setdefault(f"blocks.{i}.attn.qkv.bias", torch.zeros(3 * dim))
+        out[f"blocks.{i}.attn.qkv.bias_mask"] = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+    out["mask_token"] = torch.randn(1, dim)
+    out["rope_embed.periods"] = torch.arange(1, dim // 8 + 1, dtype=torch.float32)
+    path = Path(folder) / "dinov3_vits16_tiny_pretrain_lvd1689m-00000000.pth"
+    torch.save(out, path)
+    return path, timm_sd
+
+
+def write_dinov3_convnext(folder: Path, *, seed: int = 0) -> tuple[Path, dict]:
+    """A tiny ConvNeXt saved in Meta's DINOv3 release layout (``downsample_layers.I.J``,
+    ``stages.I.J.dwconv/pwconv1/pwconv2``, a final ``norm``); returns the file and timm's state."""
+    import re
+
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(DINOV3_CONVNEXT, pretrained=False, num_classes=0, **DINOV3_CONVNEXT_KW)
+    timm_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    out = {}
+    for k, v in timm_sd.items():
+        k = k.replace("stem.", "downsample_layers.0.")
+        k = re.sub(r"stages\.(\d+)\.downsample\.(\d+)", r"downsample_layers.\1.\2", k)
+        k = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", k)
+        k = k.replace("conv_dw", "dwconv").replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2")
+        out[k.replace("head.norm.", "norm.")] = v
+    path = Path(folder) / "dinov3_convnext_tiny_pretrain_lvd1689m-00000000.pth"
+    torch.save(out, path)
+    return path, timm_sd
+
+
+HF_DINOV2_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "image_size": 32, "patch_size": 8, "layerscale_value": 0.5}
+HF_MEAN, HF_STD = [0.53, 0.53, 0.53], [0.26, 0.26, 0.26]
+
+
+def write_hf_dinov2(folder: Path, *, seed: int = 0):
+    """A tiny random ``transformers`` Dinov2Model saved with ``save_pretrained``, with a
+    preprocessor config (its mean/std) and a model card naming a licence; returns (folder, model)."""
+    import json
+
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    model = Dinov2Model(Dinov2Config(**HF_DINOV2_CONFIG)).eval()
+    with torch.no_grad():  # LayerScale and norms away from their initial values
+        for name, p in model.named_parameters():
+            if "lambda1" in name or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "BitImageProcessor", "image_mean": HF_MEAN, "image_std": HF_STD}))
+    (folder / "README.md").write_text("---\nlicense: msrla\nlicense_link: https://example.org/msrla\n---\n# tiny\n")
+    return folder, model
+
+
+def write_hub_entry(hub: Path, name: str, *, seed: int = 0) -> tuple[Path, dict]:
+    """timm's weights for ``name`` as the Hugging Face cache holds them after a download
+    (models--timm--NAME/snapshots/<commit>/model.safetensors and refs/main)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)
+    sd = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+    repo = Path(hub) / f"models--timm--{name}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    save_file(sd, str(snap / "model.safetensors"))
+    return snap / "model.safetensors", sd

@@ -396,7 +396,7 @@ def test_cli_errors_are_one_line(sqlite_url, tmp_path):
     assert not (tmp_path / "ran").exists()
     _one_line_error(_cli(sqlite_url, "pretrain-load", "dino", "--file", resnet),
                     "unknown initialisation 'dino' for pretrain-load - use one of: dinov2, imagenet, "
-                    "file (any timm --arch), run:<id>")
+                    "dinov3, hf, timm:NAME, file (any timm --arch) or run:<id>")
     _one_line_error(_cli(sqlite_url, "pretrain-load", "file", "--file", resnet),
                     "add --arch TIMM_NAME")
     _one_line_error(_cli(sqlite_url, "pretrain-load", "file", "--file", resnet, "--arch", "resnet_nope"),

@@ -15,7 +15,9 @@ no initialisation), used by ``pretrain-load`` before anything is registered.
 from __future__ import annotations
 
 
+import contextlib
 import difflib
+import io
 import json
 import math
 import sys
@@ -145,7 +147,10 @@ def _converted(sd: dict, model: Any, target: dict, arch: str, file_label: str) -
     if fn is None:
         return sd
     try:
-        return fn(sd, model)
+        # timm's converters print notes (e.g. a DINOv3 file's all-zero qkv biases that the
+        # model has no parameter for); the library never prints
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(sd, model)
     except Exception as exc:  # noqa: BLE001 - a converter failing means the file does not fit
         fam = _family(list(sd))
         raise WeightsError(
@@ -196,6 +201,46 @@ def _refuse_misfit(sd: dict, target: dict, names: tuple[str, ...], drop_head: bo
     )
 
 
+def _storage(t: Any) -> int | None:
+    try:
+        return int(t.untyped_storage().data_ptr()) or None
+    except Exception:  # noqa: BLE001 - meta tensors have no storage
+        return None
+
+
+def patch_size_of(model: Any) -> int | None:
+    """A ViT's patch size (square), None for architectures without patches (ConvNeXt, ResNet)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return None
+    return int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+
+
+def refuse_misaligned_size(model: Any, image_size: int, arch: str) -> None:
+    """A ViT at a size its patch does not divide would silently drop the last rows and columns."""
+    patch = patch_size_of(model)
+    if patch is None or image_size % patch == 0:
+        return
+    lower = (image_size // patch) * patch
+    nearest = [s for s in (lower, lower + patch) if s >= patch]
+    raise ConfigError(
+        f"`image_size` {image_size} is not a multiple of the patch size {patch} of {arch} (the last "
+        f"{image_size - lower} pixel rows and columns would be dropped) - use "
+        + " or ".join(str(s) for s in nearest)
+    )
+
+
+def check_image_size(arch: str, image_size: int, **model_kwargs: Any) -> None:
+    """Refuse an ``image_size`` the architecture's patch size does not divide (built on ``meta``)."""
+    import torch
+
+    kwargs = dict(model_kwargs)
+    kwargs.pop("img_size", None)
+    with torch.device("meta"):
+        model = _build(arch, img_size=image_size, num_classes=0, **kwargs)
+    refuse_misaligned_size(model, image_size, arch)
+
+
 def _pos_embed_record(raw_pos: Any, model: Any) -> str | None:
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     old = _raw_grid(raw_pos, model)
@@ -224,7 +269,11 @@ def fit_state_dict(
     target = model.state_dict()
     names = _classifier_names(model)
     sd = _converted(dict(state_dict), model, target, arch, file_label)
-    ignored = sorted(set(raw_keys) - set(sd) - {k for k in raw_keys if _is_head(k, names)})
+    # a key the converter renamed (DINOv3's storage_tokens -> reg_token) or split (qkv.bias ->
+    # q_bias, v_bias) is used, not ignored: its storage lives on in the converted dict
+    used = {_storage(v) for v in sd.values()}
+    ignored = sorted(k for k in raw_keys if k not in sd and not _is_head(k, names)
+                     and _storage(state_dict[k]) not in used)
     head_keys = sorted(k for k in sd if _is_head(k, names))
     if drop_head:
         for k in head_keys:
@@ -243,6 +292,8 @@ def fit_state_dict(
     pos = _pos_embed_record(state_dict.get("pos_embed"), model)
     if pos:
         info["pos_embed"] = pos
+    elif getattr(model, "pos_embed", None) is None and getattr(model, "rope", None) is not None:
+        info["pos_embed"] = "none: rotary (RoPE) positions, nothing to interpolate"
     return sd, info
 
 
@@ -312,6 +363,7 @@ def create_model(
     kwargs = dict(model_kwargs)
     kwargs.pop("img_size", None)
     model = _build(arch, img_size=image_size, num_classes=num_findings, in_chans=in_chans, **kwargs)
+    refuse_misaligned_size(model, image_size, arch)
     info: dict[str, Any] = {
         "arch": arch,
         "image_size": image_size,
@@ -352,6 +404,6 @@ def parse_model_kwargs(value: dict[str, Any] | str | None) -> dict[str, Any]:
 
 
 __all__ = [
-    "WeightsCheck", "check_arch_name", "check_weights", "create_model", "fit_state_dict",
-    "parse_model_kwargs",
+    "WeightsCheck", "check_arch_name", "check_image_size", "check_weights", "create_model",
+    "fit_state_dict", "parse_model_kwargs", "patch_size_of", "refuse_misaligned_size",
 ]

@@ -18,7 +18,9 @@ def pretrain_load(
     init: Annotated[
         str,
         typer.Argument(
-            help="dinov2, imagenet, file (any timm --arch) or run:<id> (that run's best checkpoint).",
+            help="dinov2, imagenet, dinov3 (an official DINOv3 ViT or ConvNeXt file), hf (a transformers "
+            "save_pretrained folder, --dir), timm:NAME (timm's weights for NAME), file (any timm --arch) "
+            "or run:<id> (that run's best checkpoint).",
             show_default=False,
         ),
     ],
@@ -26,8 +28,9 @@ def pretrain_load(
         Optional[Path],
         typer.Option(
             "--file",
-            help="Weights file: the official dinov2_vitb14_pretrain.pth, a timm .pth/.bin state "
-            "dict or .safetensors. Default: the local Hugging Face cache.",
+            help="Weights file: the official dinov2_vitb14_pretrain.pth or dinov3_vitb16_pretrain_*.pth, "
+            "a timm .pth/.bin state dict or .safetensors. Default (dinov2, imagenet, timm:NAME): the "
+            "local Hugging Face cache.",
             show_default=False,
         ),
     ] = None,
@@ -35,8 +38,8 @@ def pretrain_load(
         Optional[str],
         typer.Option(
             "--arch",
-            help="timm architecture, e.g. vit_small_patch14_dinov2 or resnet50d "
-            "(default: vit_base_patch14_dinov2.lvd142m / vit_base_patch16_224.augreg_in21k).",
+            help="timm architecture, e.g. vit_small_patch14_dinov2 or resnet50d (default: "
+            "vit_base_patch14_dinov2.lvd142m / vit_base_patch16_224.augreg_in21k; dinov3: read from the file).",
             show_default=False,
         ),
     ] = None,
@@ -53,6 +56,15 @@ def pretrain_load(
             show_default=False,
         ),
     ] = None,
+    dir: Annotated[  # noqa: A002 - the option is --dir
+        Optional[Path],
+        typer.Option(
+            "--dir",
+            help="With hf: the save_pretrained folder (config.json + model.safetensors) of a "
+            "transformers DINOv2-family encoder such as RAD-DINO.",
+            show_default=False,
+        ),
+    ] = None,
     allow_network: Annotated[
         bool,
         typer.Option("--allow-network", help="Download timm's weights from Hugging Face when not cached."),
@@ -65,6 +77,11 @@ def pretrain_load(
     loaded with strict key checks (only the classifier head may differ), hashed
     and registered; registering the same file again returns the existing id.
 
+    DINOv3 files are converted by timm's own checkpoint filter (RoPE: no position
+    embeddings to interpolate); an hf snapshot becomes the equivalent timm ViT, normalised
+    with the snapshot's own mean/std. `vitmed checkpoints list` shows each file's family
+    and licence note.
+
     Example: vitmed pretrain-load dinov2 --file dinov2_vitb14_pretrain.pth
     """
     as_json = want_json(ctx, json_out)
@@ -72,14 +89,14 @@ def pretrain_load(
     if as_json:
         result = weights.pretrain_load(
             registry, init, file=file, arch=arch, name=name, model_kwargs=model_kwargs,
-            allow_network=allow_network,
+            allow_network=allow_network, dir=dir,
         )
         print_json(result.to_dict())
         return
     with err_console.status("reading weights") as status:
         result = weights.pretrain_load(
             registry, init, file=file, arch=arch, name=name, model_kwargs=model_kwargs,
-            allow_network=allow_network,
+            allow_network=allow_network, dir=dir,
             on_event=lambda event: status.update(escape(getattr(event, "text", ""))),
         )
     title = (

@@ -23,8 +23,10 @@ from sqlalchemy import select
 from .. import models
 from ..errors import WeightsError
 from ..registry.models import Checkpoint, Run
+from . import hf
+from .families import DINOV2, DINOV2_LICENCE, TIMM, timm_licence
 from .files import read_weights, sha256_cached
-from .hub import find_hub_weights, hub_repo_id
+from .hub import find_hub_weights, hub_cache_dir, hub_repo_id
 from .registry import _register_read
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,8 +56,34 @@ _OFFICIAL = {
     },
 }
 
-VALID_INIT_HELP = ("random, dinov2, imagenet, run:<id>, ckpt:<id>, a registered checkpoint name, or "
+VALID_INIT_HELP = ("random, dinov2, imagenet, timm:NAME (timm weights in the Hugging Face cache), "
+                   "run:<id>, ckpt:<id>, a registered checkpoint name (dinov3, an hf snapshot, ...), or "
                    "NAME@<checkpoint id> for one of several files registered under a name")
+TIMM_PREFIX = "timm:"
+
+
+def study_meta(init: str, arch: str) -> dict[str, str]:
+    """The family and licence note recorded with a dinov2 / imagenet / timm:NAME registration."""
+    if init == "dinov2":
+        return {"family": DINOV2, "licence": DINOV2_LICENCE}
+    licence = timm_licence(arch)
+    return {"family": TIMM, **({"licence": licence} if licence else {})}
+
+
+def missing_timm_error(init: str) -> WeightsError:
+    """``timm:NAME`` with no file registered and none in the cache: name the file to supply."""
+    name = init[len(TIMM_PREFIX):]
+    repo = hub_repo_id(name)
+    if not repo:
+        return WeightsError(
+            f"timm has no released weights for {name} - register a file for it: vitmed pretrain-load "
+            f"file --file PATH --arch {name}"
+        )
+    return WeightsError(
+        f"no weights for {init} in the Hugging Face cache ({hub_cache_dir()}) - supply model.safetensors "
+        f"of https://huggingface.co/{repo}: vitmed pretrain-load {init} --file model.safetensors, or let "
+        f"vitmed download it: vitmed pretrain-load {init} --allow-network"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,7 @@ class InitSpec:
     model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     findings: tuple[str, ...] | None = None
     others: tuple[int, ...] = ()  # older checkpoints registered under the same name
+    layout: str | None = None  # a file in another layout, converted when loaded (hf.LAYOUT)
 
     def choice_note(self) -> str | None:
         """A warning when the name stands for several files: which one is used, how to pick another."""
@@ -95,6 +124,7 @@ def _spec_from(ckpt: Checkpoint, name: str | None = None, others: tuple[int, ...
         model_kwargs=dict(meta.get("model_kwargs") or {}),
         findings=tuple(ckpt.findings) if ckpt.findings else None,
         others=others,
+        layout=meta.get("layout"),
     )
 
 
@@ -177,6 +207,9 @@ def resolve_init(
     if "@" in init:
         return _resolve_addressed(session, init, arch)
 
+    if init.startswith(TIMM_PREFIX):
+        return _resolve_timm(session, init, arch, use_hub_cache)
+
     if init.startswith("ckpt:"):
         ckpt = session.get(Checkpoint, _parse_id(init, "ckpt:"))
         if ckpt is None:
@@ -202,7 +235,8 @@ def resolve_init(
             if found is not None:
                 state, sha = read_weights(found)
                 result = _register_read(session, init, found.resolve(), target, state=state, sha=sha,
-                                        name=None, model_kwargs=None, source="hub-cache")
+                                        name=None, model_kwargs=None, source="hub-cache",
+                                        extra_meta=study_meta(init, target))
                 return _spec_from(session.get(Checkpoint, result.checkpoint_id))
         raise _missing_weights_error(init, target)
 
@@ -223,6 +257,26 @@ def resolve_init(
     )
     extra = f" (registered: {', '.join(names)})" if names else ""
     raise WeightsError(f"unknown initialisation {init!r} - use one of: {VALID_INIT_HELP}{extra}")
+
+
+def _resolve_timm(session: "Session", init: str, arch: str | None, use_hub_cache: bool) -> InitSpec:
+    """``timm:NAME``: registered already, else found in the local Hugging Face cache (offline)."""
+    name = init[len(TIMM_PREFIX):]
+    models.check_arch_name(name)
+    rows = registered_under(session, init)
+    if rows:
+        _check_arch(rows[0], arch, init)
+        _require_file(rows[0])
+        return _spec_from(rows[0], others=tuple(r.id for r in rows[1:]))
+    found = find_hub_weights(name) if use_hub_cache else None
+    if found is None:
+        raise missing_timm_error(init)
+    if arch and _base_arch(arch) != _base_arch(name):
+        raise WeightsError(f"{init} holds {name} weights, not {arch} - leave `arch` out or use {name}")
+    state, sha = read_weights(found)
+    result = _register_read(session, init, found.resolve(), name, state=state, sha=sha, name=None,
+                            model_kwargs=None, source="hub-cache", extra_meta=study_meta(init, name))
+    return _spec_from(session.get(Checkpoint, result.checkpoint_id))
 
 
 def _resolve_addressed(session: "Session", init: str, arch: str | None) -> InitSpec:
@@ -284,6 +338,8 @@ def load_init_state(spec: InitSpec) -> dict[str, "torch.Tensor"] | None:
     if not Path(spec.path).is_file():
         verify_sha256(spec)  # names the missing file and the fix
     state, _ = read_weights(spec.path, sha256=spec.sha256, what=f"the weights file of {spec.name}")
+    if spec.layout == hf.LAYOUT:
+        state = hf.dinov2_to_timm(state)
     return state
 
 

@@ -186,12 +186,17 @@ def _register_read(
     name: str | None,
     model_kwargs: dict[str, Any] | None,
     source: str,
+    extra_meta: dict[str, Any] | None = None,
 ) -> PretrainLoadResult:
-    """Register a file already read (``state``, ``sha``) after checking it (no-op when registered)."""
+    """Register a file already read (``state``, ``sha``) after checking it (no-op when registered).
+
+    ``extra_meta`` (family, licence, layout, ...) is stored beside what the check records.
+    """
     found = _find_registered(session, sha, arch)
     if found is not None:
         return _result(found, existing=True)
     meta, check = _checked_meta(path, state, arch, model_kwargs)
+    meta.update(extra_meta or {})
     ckpt = register_checkpoint(
         session, path, arch=arch, init=init, source=source, name=name or init,
         image_size=check.source_image_size, meta=meta, n_params=check.n_params, sha256=sha,
