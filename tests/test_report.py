@@ -263,7 +263,8 @@ def test_html_report_has_tables_figures_and_provenance(filled, tmp_path):
     assert rows["dinov2"][5] == f"{dino.auc_mean:.3f} ± {dino.auc_sd:.3f}"
     assert rows["dinov2"][6] == f"[{dino.ci_low:.3f}, {dino.ci_high:.3f}]"
     assert rows["dinov2"][7] == f"{dino.sensitivity:.3f}"
-    assert rows["external-model"][7:] == ["-", "-", "-"]
+    assert rows["external-model"][7:] == ["-", "-", "-", "-", "-"]  # no threshold, tuning, size
+    assert rows["dinov2"][10] == "all" and rows["dinov2"][11] == str(dino.image_size)
 
     per = _cells(soup.select_one('table.finding-table[data-dataset="toyxr"]'))
     with reg.session() as s:

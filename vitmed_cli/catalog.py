@@ -25,8 +25,9 @@ from .registry.models import (
     Run,
 )
 from .registry.owner import STALE_STATUS, display_status, heartbeat_age
-from .registry.queries import get_dataset, get_evaluation, get_run
+from .registry.queries import get_dataset, get_evaluation, get_run, run_tune
 from .splits import split_summary
+from .weights.families import family_of, licence_of
 
 
 def list_datasets(registry: Registry) -> list[dict[str, Any]]:
@@ -145,6 +146,7 @@ def _run_row(run: Run) -> dict[str, Any]:
         "init": run.init_name,
         "arch": run.arch,
         "image_size": run.image_size,
+        "tune": run_tune(run),
         "seed": run.seed,
         "status": display_status(run),
         "epochs_done": run.epochs_done,
@@ -240,7 +242,9 @@ def list_checkpoints(registry: Registry, role: str | None = None) -> list[dict[s
                 "id": c.id,
                 "name": c.name,
                 "init": c.init,
+                "family": family_of(c.init, c.source, c.meta),
                 "arch": c.arch,
+                "licence": licence_of(c.init, c.source, c.meta),
                 "role": c.role,
                 "source": c.source,
                 "run_id": c.run_id,

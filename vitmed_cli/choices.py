@@ -110,6 +110,28 @@ class ReportFormat(Choice):
     md = "md"
 
 
+class Tune(Choice):
+    """What a run trains: everything (the study), a linear head on a frozen backbone, or the last
+    N blocks and the head (``last:N``)."""
+
+    all = "all"
+    head = "head"
+    last = "last"
+
+
+def parse_tune(value: "str | Tune") -> tuple[str, int | None]:
+    """``all``, ``head`` or ``last:N`` as (mode, N); a ConfigError naming `tune` otherwise."""
+    from .errors import ConfigError
+
+    raw = str(getattr(value, "value", value)).strip()
+    mode, sep, n = raw.partition(":")
+    if mode in (Tune.all.value, Tune.head.value) and not sep:
+        return mode, None
+    if mode == Tune.last.value and sep and n.isdigit() and int(n) >= 1:
+        return mode, int(n)
+    raise ConfigError(f"`tune` must be all, head or last:N with N >= 1 blocks (e.g. last:2), got {raw!r}")
+
+
 class RunStatus(Choice):
     """Where a run stands."""
 
@@ -126,6 +148,7 @@ DEFAULT_LR = 1e-5
 DEFAULT_WEIGHT_DECAY = 0.01
 DEFAULT_MAX_ROTATION = 10.0
 DEFAULT_NUM_WORKERS = 1
+DEFAULT_TUNE = Tune.all.value
 
 # Ingest.
 DEFAULT_IMAGE_SIZE = 224

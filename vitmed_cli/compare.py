@@ -24,7 +24,7 @@ from .evaluations.store import EvalArrays, load_evaluation_arrays
 from .events import Listener, progress as report_progress
 from .registry.db import Registry
 from .registry.models import MACRO, Comparison, ComparisonResult, Evaluation
-from .registry.queries import get_dataset, get_evaluation, get_run
+from .registry.queries import get_dataset, get_evaluation, get_run, run_tune
 
 P_VALUE_METHOD = (
     "paired bootstrap over images, two-sided: p = min(1, 2*min(1+#{d*<=0}, 1+#{d*>=0})/(B+1)); "
@@ -44,6 +44,12 @@ class _Pick:
     evaluation_id: int
     label: str
     seed: int | None = None
+    tune: str | None = None  # what the run trained (all, head, last:N); None: imported
+
+
+def _tuned(label: str, tune: str | None) -> str:
+    """A model's label, naming its tuning when it is not the study's full fine-tuning."""
+    return label if tune in (None, "all") else f"{label} [{tune}]"
 
 
 def _latest_eval(session, *, dataset_id: int | None, part: str, run_id: int | None = None,
@@ -75,7 +81,8 @@ def _picks_for_init(session, dataset, init: str, part: str, all_seeds: bool) -> 
                 f"no evaluation of init {init!r} on the {part} part of {dataset.name!r} ({hint}) - "
                 "run vitmed predict or vitmed evals import first"
             )
-        return [_Pick(ev.id, init)]
+        tune = run_tune(ev.run)
+        return [_Pick(ev.id, _tuned(init, tune), tune=tune)]
     evs = session.scalars(
         select(Evaluation)
         .where(Evaluation.dataset_id == dataset.id, Evaluation.part == part, Evaluation.init_name == init)
@@ -92,8 +99,10 @@ def _picks_for_init(session, dataset, init: str, part: str, all_seeds: bool) -> 
         by_seed.setdefault(seed, ev)
     seeded = {s: e for s, e in by_seed.items() if s is not None}
     if not seeded:
-        return [_Pick(by_seed[None].id, init)]
-    return [_Pick(e.id, f"{init} (seed {s})", s) for s, e in sorted(seeded.items())]
+        ev = by_seed[None]
+        return [_Pick(ev.id, _tuned(init, run_tune(ev.run)), tune=run_tune(ev.run))]
+    return [_Pick(e.id, _tuned(f"{init} (seed {s})", run_tune(e.run)), s, run_tune(e.run))
+            for s, e in sorted(seeded.items())]
 
 
 def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequence[int],
@@ -117,10 +126,12 @@ def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequen
                 raise NotFound(
                     f"run {rid} has no evaluation on the {part} part - run: vitmed predict --run {rid}"
                 )
-            picks.append([_Pick(ev.id, f"run {rid} ({run.init_name})", run.seed)])
+            tune = run_tune(run)
+            picks.append([_Pick(ev.id, _tuned(f"run {rid} ({run.init_name})", tune), run.seed, tune)])
         for eid in evals:
             ev = get_evaluation(session, eid)
-            picks.append([_Pick(ev.id, f"eval {ev.id} ({ev.init_name or ev.name})")])
+            tune = run_tune(ev.run)
+            picks.append([_Pick(ev.id, _tuned(f"eval {ev.id} ({ev.init_name or ev.name})", tune), tune=tune)])
     else:
         if dataset is None:
             raise InputError("`init` needs `dataset` NAME (e.g. vitmed compare --dataset vindr --init dinov2 --init imagenet)")
@@ -153,6 +164,23 @@ def _choose(session, *, dataset: str | None, inits: Sequence[str], evals: Sequen
             )
         pairs += matched
     return pairs, datasets.pop()
+
+
+_TUNE_WORDS = {"all": "a full fine-tune", "head": "a linear probe"}
+
+
+def refuse_mixed_tuning(pairs: Sequence[tuple[_Pick, _Pick]]) -> None:
+    """A probe against a full fine-tune (or any two tunings) measures the tuning, not the init."""
+    for a, b in pairs:
+        if a.tune is not None and b.tune is not None and a.tune != b.tune:
+            def what(p: _Pick) -> str:
+                return _TUNE_WORDS.get(p.tune, f"a partial fine-tune (last {p.tune.split(':')[-1]} blocks)")
+
+            raise RefusedError(
+                f"{a.label} is {what(a)} (tune {a.tune}) and {b.label} {what(b)} (tune {b.tune}) - "
+                "the difference would mix the initialisations with how they were trained; compare runs "
+                "of one tuning mode, or pass `allow_mixed_tuning`"
+            )
 
 
 # --------------------------------------------------------------------------- aligning
@@ -276,6 +304,7 @@ def compare(
     intersect: bool = False,
     all_seeds: bool = False,
     alpha: float = DEFAULT_ALPHA,
+    allow_mixed_tuning: bool = False,
     on_event: Listener | None = None,
 ) -> dict[str, Any]:
     """Compare two or more evaluations pairwise and store the results.
@@ -285,7 +314,9 @@ def compare(
     macro, skipped_findings, ...`` with, per finding, AUCs, diff = a - b, 95%
     bootstrap CI, bootstrap p, DeLong p and the BH-adjusted p.  ``better`` names
     the model with the higher AUC where the adjusted p is below ``alpha``.
-    ``on_event`` receives a progress event per pair as resamples finish.
+    ``on_event`` receives a progress event per pair as resamples finish.  Each pair names
+    what its runs trained (``tune_a``, ``tune_b``: all, head, last:N; None for an imported
+    evaluation); models of different tunings are refused unless ``allow_mixed_tuning``.
     """
     part = Part.parse(part, "part").value
     if n_resamples < 10:
@@ -295,12 +326,15 @@ def compare(
     with registry.session(readonly=True) as s:
         pairs, dataset_id = _choose(s, dataset=dataset, inits=inits, evals=evals, runs=runs,
                                     part=part, all_seeds=all_seeds)
+        if not allow_mixed_tuning:
+            refuse_mixed_tuning(pairs)
         aligned = _align_pairs(s, pairs, intersect)
     results = [_pair_result(pa, pb, al, n_resamples, seed, on_event) for (pa, pb), al in zip(pairs, aligned)]
     _adjust(results, alpha)
     options = {
         "part": part, "intersect": intersect, "all_seeds": all_seeds, "alpha": alpha,
         "p_value_method": P_VALUE_METHOD, "fdr_method": FDR_METHOD, "n_pairs": len(results),
+        "allow_mixed_tuning": allow_mixed_tuning,
     }
     group_id = _store(registry, results, dataset_id=dataset_id, n_resamples=n_resamples, seed=seed,
                       options=options)
@@ -341,7 +375,8 @@ def _pair_result(pa: _Pick, pb: _Pick, al: Aligned, n_resamples: int, seed: int,
         raise RefusedError(f"{label}: {exc}") from exc
     res.update({
         "a": pa.label, "b": pb.label, "evaluation_a": pa.evaluation_id,
-        "evaluation_b": pb.evaluation_id, "n_images": int(al.image_ids.size),
+        "evaluation_b": pb.evaluation_id, "tune_a": pa.tune, "tune_b": pb.tune,
+        "n_images": int(al.image_ids.size),
         "skipped_findings": al.skipped, "n_dropped_images": al.n_dropped_images,
         "n_label_conflicts": al.n_label_conflicts,
     })
@@ -390,7 +425,8 @@ def _store(registry: Registry, results: list[dict[str, Any]], *, dataset_id: int
                 dataset_id=dataset_id, evaluation_a_id=res["evaluation_a"],
                 evaluation_b_id=res["evaluation_b"], label_a=res["a"][:128], label_b=res["b"][:128],
                 group_id=group_id, n_images=res["n_images"], n_resamples=n_resamples, seed=seed,
-                options={**options, "skipped_findings": res["skipped_findings"],
+                options={**options, "tune_a": res["tune_a"], "tune_b": res["tune_b"],
+                         "skipped_findings": res["skipped_findings"],
                          "n_dropped_images": res["n_dropped_images"],
                          "n_label_conflicts": res["n_label_conflicts"],
                          "warnings": res["warnings"]},
@@ -419,7 +455,8 @@ def _num(v):
 
 
 def _ordered(res: dict[str, Any]) -> dict[str, Any]:
-    keys = ["comparison_id", "a", "b", "evaluation_a", "evaluation_b", "n_images", "findings", "macro",
+    keys = ["comparison_id", "a", "b", "evaluation_a", "evaluation_b", "tune_a", "tune_b", "n_images",
+            "findings", "macro",
             "skipped_findings", "n_dropped_images", "n_label_conflicts", "warnings"]
     return {k: res[k] for k in keys}
 

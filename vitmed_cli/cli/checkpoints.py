@@ -18,7 +18,8 @@ def list_(
     role: Annotated[Optional[str], typer.Option(help="Only this role: init, best, last.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List checkpoints with their architecture, source and sha256.
+    """List checkpoints with their family (DINOv2, DINOv3, HF, timm, run), architecture,
+    licence note (where the release has one), source and sha256.
 
     Example: vitmed checkpoints list --json
     """
@@ -26,5 +27,6 @@ def list_(
     if want_json(ctx, json_out):
         print_json(rows)
     else:
-        print_table(rows, ["id", "name", "init", "arch", "role", "source", "run_id", "n_params", "sha256"],
+        print_table(rows, ["id", "name", "init", "family", "arch", "role", "source", "run_id", "n_params",
+                           "sha256", "licence"],
                     title="checkpoints", empty="no checkpoints yet - run vitmed pretrain-load")

@@ -21,8 +21,9 @@ from ._common import EventPrinter, JsonOpt, Part, cli_message, console, fmt, pri
 def _render(result: dict) -> None:
     for pair in result["pairs"]:
         table = Table(title=Text.assemble(
-            (pair["a"], "bold"), " (A) vs ", (pair["b"], "bold"),
-            f" (B) - {pair['n_images']} images, comparison {pair['comparison_id']}",
+            (pair["a"], "bold"), f" (A, tune {pair.get('tune_a') or '-'}) vs ", (pair["b"], "bold"),
+            f" (B, tune {pair.get('tune_b') or '-'}) - {pair['n_images']} images, comparison "
+            f"{pair['comparison_id']}",
         ))
         for col in ("finding", "AUC A", "AUC B", "diff A-B [95% CI]", "bootstrap p", "DeLong p",
                     "FDR p", "better"):
@@ -97,6 +98,9 @@ def compare(
         "seed s of A against seed s of B (not pooled); an init with one evaluation meets every seed. "
         "FDR runs over all those pairs.")] = False,
     alpha: Annotated[float, typer.Option(help="Significance level for the 'better' column (FDR-adjusted p).")] = DEFAULT_ALPHA,
+    allow_mixed_tuning: Annotated[bool, typer.Option(
+        "--allow-mixed-tuning", help="Compare runs of different tuning modes (a --tune head probe with a "
+        "full fine-tune); refused by default, as the difference mixes init and tuning.")] = False,
     csv_out: Annotated[Optional[str], typer.Option(
         "--csv", help="Also write the rows as CSV to FILE ('-' = stdout instead of the table).")] = None,
     json_out: JsonOpt = False,
@@ -113,7 +117,9 @@ def compare(
     --json prints one JSON document. Two models: the pair object itself,
     {"comparison_id", "a", "b", "n_images", "findings", "macro", ...}.
     Three or more models: {"group_id": ID, "pairs": LIST}, where LIST holds
-    one pair object (as above) per pair of models.
+    one pair object (as above) per pair of models. Each pair names its runs' tuning
+    (tune_a, tune_b: all, head, last:N); a probe is never paired with a full fine-tune
+    unless --allow-mixed-tuning.
 
     Example: vitmed compare --dataset vindr --init dinov2 --init imagenet
     """
@@ -126,7 +132,8 @@ def compare(
     try:
         result = _run(registry, dataset=dataset, inits=init or [], evals=eval_ids or [],
                       runs=run_ids or [], part=part.value, n_resamples=n_resamples, seed=seed,
-                      intersect=intersect, all_seeds=all_seeds, alpha=alpha)
+                      intersect=intersect, all_seeds=all_seeds, alpha=alpha,
+                      allow_mixed_tuning=allow_mixed_tuning)
         if out is not None:
             _write_csv(result, out)
     except BaseException:

@@ -58,6 +58,15 @@ def finetune(
     keep_resume: Annotated[bool, typer.Option(
         "--keep-resume", help="Keep resume.pt (optimiser state, about 3x the weights: ~1 GB for a ViT-B) "
         "after the run completes, to train it further with --resume --epochs. Default: removed.")] = False,
+    tune: Annotated[str, typer.Option(
+        "--tune", metavar="all|head|last:N",
+        help="What to train: all (the study), head (a linear probe on the frozen backbone: each image's "
+        "features are computed once, stored beside the image cache and reused by later probes; no "
+        "augmentation) or last:N (the last N blocks and the head).")] = choices.DEFAULT_TUNE,
+    feature_cache: Annotated[bool, typer.Option(
+        "--feature-cache/--no-feature-cache",
+        help="With --tune head: train the head on stored features (default), or end to end through "
+        "the frozen backbone.")] = True,
     resume: Annotated[Optional[int], typer.Option(
         "--resume", metavar="RUN_ID", help="Continue an interrupted or crashed run exactly where it stopped.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines (warnings still show).")] = False,
@@ -67,6 +76,8 @@ def finetune(
 
     Ctrl-C or SIGTERM stops at a safe point; continue with --resume RUN_ID.
     For several GPUs: torchrun --nproc_per_node 8 -m vitmed_cli finetune ...
+
+    A linear probe: --tune head (features once, then seconds per probe and seed).
 
     Example: vitmed finetune --dataset vindr --init dinov2 --epochs 10 --batch-size 32
     """
@@ -90,7 +101,7 @@ def finetune(
                 uncertain=uncertain.value, early_stop=early_stop, num_workers=num_workers,
                 compile=compile_model, model_kwargs=parse_model_kwargs(model_kwargs),
                 scheduler=scheduler.value, findings=_names(findings), min_positives=min_positives,
-                keep_resume=keep_resume, on_event=on_event,
+                keep_resume=keep_resume, tune=tune, feature_cache=feature_cache, on_event=on_event,
             )
     if not main_rank:
         return

@@ -30,7 +30,7 @@ def list_(
     else:
         print_table(
             rows,
-            ["id", "dataset", "split", "init", "arch", "seed", "status",
+            ["id", "dataset", "split", "init", "arch", "tune", "seed", "status",
              ("epochs_done", "epochs"), ("best_val_macro_auc", "best val AUC")],
             title="runs", empty="no runs yet - run vitmed finetune",
         )

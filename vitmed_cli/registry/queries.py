@@ -78,3 +78,14 @@ def get_evaluation(session, evaluation_id: int) -> Evaluation:
     if ev is None:
         raise NotFound(f"no evaluation with id {evaluation_id} - see vitmed evals list")
     return ev
+
+
+def run_tune(run: Run | None) -> str | None:
+    """What a run trained (``all``, ``head``, ``last:N``) from its stored configuration; runs made
+    before vitmed recorded it trained everything.  None for no run (an imported evaluation)."""
+    if run is None:
+        return None
+    train = (run.config or {}).get("train")
+    if not isinstance(train, dict):
+        return "all"
+    return str(train.get("tune") or "all")

@@ -35,7 +35,8 @@ def _finding_label(name: str) -> str:
 
 
 SUMMARY_COLS = ("initialisation", "evaluation", "run", "n test images", "AUC",
-                "AUC mean ± SD (bootstrap)", "95% CI", "sensitivity", "specificity", "accuracy")
+                "AUC mean ± SD (bootstrap)", "95% CI", "sensitivity", "specificity", "accuracy",
+                "tuning", "image size (px)")
 FINDING_COLS = ("finding", "initialisation", "AUC", "AUC mean ± SD", "95% CI", "threshold",
                 "sensitivity", "specificity", "accuracy", "positives", "negatives")
 CMP_COLS = ("finding", "AUC A", "AUC B", "difference A − B", "95% CI of difference",
@@ -45,7 +46,8 @@ CMP_COLS = ("finding", "AUC A", "AUC B", "difference A − B", "95% CI of differ
 def _summary_cells(r: InitRow) -> list[str]:
     return [r.init_name, str(r.evaluation_id), "-" if r.run_id is None else str(r.run_id),
             str(r.n_images), _f(r.auc), _mean_sd(r.auc_mean, r.auc_sd), _ci(r.ci_low, r.ci_high),
-            _f(r.sensitivity), _f(r.specificity), _f(r.accuracy)]
+            _f(r.sensitivity), _f(r.specificity), _f(r.accuracy), r.tune or "-",
+            "-" if r.image_size is None else str(r.image_size)]
 
 
 def _finding_cells(r: FindingRow) -> list[str]:

@@ -16,7 +16,7 @@ from ..evaluations.store import load_evaluation_arrays
 from ..events import Listener, progress
 from ..registry.db import Registry
 from ..registry.models import MACRO, Comparison, Dataset, Evaluation, EvaluationMetric, Image, Prediction, Run
-from ..registry.queries import get_dataset, used_images
+from ..registry.queries import get_dataset, run_tune, used_images
 from ..splits import split_summary
 from ..stats import bootstrap_auc
 from .figures import bar_figure, dataset_figures, unique_filenames
@@ -43,6 +43,20 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def _eval_init(ev: Evaluation) -> str:
     return ev.init_name or ev.name
+
+
+def _eval_model(ev: Evaluation) -> tuple[str, str | None, int | None]:
+    """What an evaluation scores: (initialisation, tuning, training resolution)."""
+    run = ev.run
+    return _eval_init(ev), run_tune(run), run.image_size if run is not None else None
+
+
+def _model_label(key: tuple[str, str | None, int | None], several_sizes: bool) -> str:
+    """The report's name of a model: its init, with its tuning (not all) and resolution (when
+    the dataset was evaluated at several), e.g. ``dinov2 [head] @512px``."""
+    init, tune, size = key
+    label = init if tune in (None, "all") else f"{init} [{tune}]"
+    return f"{label} @{size}px" if several_sizes and size is not None else label
 
 
 def _model_kwargs(run: Run) -> dict[str, Any]:
@@ -84,6 +98,8 @@ def _run_info(session, run: Run) -> RunInfo:
         split_seed=run.split.seed,
         seed=run.seed,
         status=run.status,
+        tune=run_tune(run) or "all",
+        image_size=run.image_size,
         epochs_done=run.epochs_done,
         best_epoch=run.best_epoch,
         best_val_macro_auc=finite_or_none(run.best_val_macro_auc),
@@ -94,16 +110,21 @@ def _run_info(session, run: Run) -> RunInfo:
     )
 
 
-def _latest_test_evaluations(session, ds: Dataset) -> list[Evaluation]:
+def _latest_test_evaluations(session, ds: Dataset) -> list[tuple[str, Evaluation]]:
+    """The latest test evaluation of each model (init, tuning, resolution), labelled, grouped by
+    resolution (smallest first), then in the study's init order."""
     evs = session.scalars(
         select(Evaluation)
         .where(Evaluation.dataset_id == ds.id, Evaluation.part == "test")
         .order_by(Evaluation.created_at, Evaluation.id)
     ).all()
-    latest: dict[str, Evaluation] = {}
+    latest: dict[tuple, Evaluation] = {}
     for ev in evs:  # later rows win
-        latest[_eval_init(ev)] = ev
-    return [latest[k] for k in sorted(latest, key=init_sort_key)]
+        latest[_eval_model(ev)] = ev
+    several = len({k[2] for k in latest if k[2] is not None}) > 1
+    # imported evaluations (no training resolution) after the runs
+    keys = sorted(latest, key=lambda k: (k[2] is None, k[2] or 0, init_sort_key(k[0]), k[1] or ""))
+    return [(_model_label(k, several), latest[k]) for k in keys]
 
 
 def _bootstrap(session, ev: Evaluation, n_resamples: int, seed: int):
@@ -142,6 +163,8 @@ def _init_row(session, ev: Evaluation, metrics: dict[str, EvaluationMetric]) -> 
     else:
         sha, code_version = None, (ev.config or {}).get("code_version")
     return InitRow(
+        tune=run_tune(run),
+        image_size=run.image_size if run is not None else None,
         init_name=_eval_init(ev),
         evaluation_id=ev.id,
         evaluation_name=ev.name,
@@ -180,7 +203,7 @@ def _finding_row(name: str, row: InitRow, m: EvaluationMetric | None, s: Any) ->
 
 
 def _evaluation_rows(session, ds: Dataset, ev: Evaluation, n_resamples: int, seed: int,
-                     arrays_out: dict) -> tuple[InitRow, list[FindingRow]]:
+                     arrays_out: dict, label: str | None = None) -> tuple[InitRow, list[FindingRow]]:
     """One evaluation's summary row (bootstrapped macro AUC) and its per-finding rows."""
     metrics = {
         m.finding: m
@@ -188,6 +211,7 @@ def _evaluation_rows(session, ds: Dataset, ev: Evaluation, n_resamples: int, see
         if m.finding != MACRO
     }
     row = _init_row(session, ev, metrics)
+    row.init_name = label or row.init_name
     arrays, boot = _bootstrap(session, ev, n_resamples, seed)
     summaries: dict[str, Any] = {}
     if arrays is not None:
@@ -243,8 +267,8 @@ def _comparison_table(session, cmp: Comparison, n_stored: int, order: dict[str, 
         run_a_id=ev_a.run_id if ev_a else None, run_b_id=ev_b.run_id if ev_b else None,
         n_images=cmp.n_images, n_resamples=cmp.n_resamples, seed=cmp.seed,
         group_id=cmp.group_id, options=dict(cmp.options or {}), created_at=_iso(cmp.created_at),
-        name_a=_eval_init(ev_a) if ev_a else cmp.label_a,
-        name_b=_eval_init(ev_b) if ev_b else cmp.label_b,
+        name_a=_model_label(_eval_model(ev_a), False) if ev_a else cmp.label_a,
+        name_b=_model_label(_eval_model(ev_b), False) if ev_b else cmp.label_b,
         n_stored=n_stored,
         rows=[ComparisonRow(
             finding=r.finding, auc_a=finite_or_none(r.auc_a), auc_b=finite_or_none(r.auc_b),
@@ -267,9 +291,9 @@ def _gather_dataset(session, ds: Dataset, n_resamples: int, seed: int, arrays_ou
     ) or 0
     inits: list[InitRow] = []
     per_finding: list[FindingRow] = []
-    for ev in evs:
-        step(f"{ds.name}: bootstrap of {_eval_init(ev)}")
-        row, rows = _evaluation_rows(session, ds, ev, n_resamples, seed, arrays_out)
+    for label, ev in evs:
+        step(f"{ds.name}: bootstrap of {label}")
+        row, rows = _evaluation_rows(session, ds, ev, n_resamples, seed, arrays_out, label)
         inits.append(row)
         per_finding += rows
     order = {n: i for i, n in enumerate(f.canonical for f in ds.findings)}

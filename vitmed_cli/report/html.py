@@ -143,7 +143,9 @@ def render_html(report: Report) -> str:
         f'by vitmed <span class="version">{_e(rep.vitmed_version)}</span> from the registry at '
         f"<code>{_e(rep.registry_url)}</code>.</p>",
         '<p class="note">For each dataset and initialisation the latest evaluation on the test part '
-        "is shown (imported evaluations under their name). AUC is the macro average over findings; "
+        "is shown (imported evaluations under their name), grouped by training resolution; a model "
+        "tuned other than fully is named with its tuning, e.g. <em>dinov2 [head]</em> for a linear "
+        "probe. AUC is the macro average over findings; "
         f"mean ± SD and the 95% percentile interval are over {rep.n_resamples} bootstrap resamples "
         f"of the test images (seed {rep.seed}); the SD is that of the resampled macro averages, not "
         "of the findings' AUCs pooled. Sensitivity, specificity and accuracy are at the threshold "
@@ -196,10 +198,12 @@ def render_html(report: Report) -> str:
             o.append(_html_table(
                 "runs-table", ds,
                 ("run", "initialisation", "arch", "init sha256", "split", "seed", "status",
-                 "epochs", "best epoch", "best val AUC", "code version", "started"),
+                 "epochs", "best epoch", "best val AUC", "code version", "started", "tuning",
+                 "image size (px)"),
                 [[str(r.id), r.init_name, r.arch_label, _Raw(_sha_html(r)), r.split, str(r.seed), r.status,
                   str(r.epochs_done), "-" if r.best_epoch is None else str(r.best_epoch),
-                  _f(r.best_val_macro_auc), r.code_version or "-", r.started_at or "-"] for r in sec.runs],
+                  _f(r.best_val_macro_auc), r.code_version or "-", r.started_at or "-", r.tune,
+                  "-" if r.image_size is None else str(r.image_size)] for r in sec.runs],
                 wrap={1: "wrap", 2: "wrap", 3: "hash", 4: "wrap", 10: "hash", 11: "wrap"},
             ))
         o.append("</section>")

@@ -54,7 +54,9 @@ def render_markdown(report: Report, figure_dir: str = "report_files") -> str:
         "# vitmed report", "",
         f"Generated {rep.generated_at} by vitmed {rep.vitmed_version} from the registry at "
         f"`{rep.registry_url}`.", "",
-        "For each dataset and initialisation the latest evaluation on the test part is shown. AUC is "
+        "For each dataset and initialisation the latest evaluation on the test part is shown, grouped "
+        "by training resolution; a model tuned other than fully is named with its tuning (e.g. "
+        "dinov2 [head] for a linear probe). AUC is "
         f"the macro average over findings; mean ± SD and the 95% CI are those of the macro average over "
         f"{rep.n_resamples} bootstrap resamples of the test images (seed {rep.seed}). Sensitivity, specificity and "
         "accuracy are at the validation-chosen threshold; \"-\" where none was stored. Bold p-values "

@@ -55,6 +55,8 @@ class RunInfo:
     init_run_id: int | None = None
     init_run_dataset: str | None = None
     init_run_split: str | None = None
+    tune: str = "all"
+    image_size: int | None = None
 
     @property
     def arch_label(self) -> str:
@@ -100,6 +102,8 @@ class InitRow:
     specificity: float | None = None
     accuracy: float | None = None
     n_findings: int = 0
+    tune: str | None = None  # what the run trained: all, head, last:N (None: imported)
+    image_size: int | None = None  # the run's training resolution (None: imported)
 
 
 @dataclass

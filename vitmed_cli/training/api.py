@@ -33,7 +33,7 @@ from ..choices import (
 )
 from ..errors import TrainingError, VitmedError
 from ..events import Listener, warning
-from ..models import check_arch_name
+from ..models import check_arch_name, check_image_size
 from ..registry.db import Registry
 from ..registry.models import Run
 from ..registry.owner import heartbeat_age, run_state
@@ -44,6 +44,7 @@ from . import records
 from .config import RESUME_FILE, RunResult, TrainConfig
 from .distributed import DistInfo
 from .loop import TrainingLoop
+from .probe import ProbeLoop, uses_feature_cache
 from .prepare import Prepared, left_out_message, prepare
 from .resume import load_resume, reconcile_epochs
 
@@ -77,6 +78,10 @@ def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
     check_arch_name(arch)
     image_size = cfg.image_size or prep.cache_size
     kwargs = {**(dict(spec.model_kwargs) if spec.path else {}), **cfg.model_kwargs}
+    check_image_size(arch, image_size, **kwargs)  # a ViT's patch must divide the image
+    if uses_feature_cache(cfg) and info.world_size > 1:
+        raise TrainingError("`tune` head trains on stored features in one process - run it without "
+                            "torchrun, or train end to end with `feature_cache` off")
     cfg = TrainConfig(**{**asdict(cfg), "arch": arch, "image_size": image_size,
                          "split": prep.split, "model_kwargs": kwargs})
     with registry.session() as s:
@@ -127,6 +132,8 @@ def finetune(
     findings: list[str] | None = None,
     min_positives: int | None = None,
     keep_resume: bool = False,
+    tune: str = "all",
+    feature_cache: bool = True,
     on_event: Listener | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> RunResult:
@@ -136,8 +143,12 @@ def finetune(
     what to learn; ``min_positives`` leaves out findings with fewer training positives
     (None: refuse findings without any); both, and the dataset's non-findings, are
     recorded in ``Run.config["left_out_findings"]`` and reported as a warning event.
-    ``on_event`` receives progress and epoch lines; ``on_step(epoch, batch)`` is called
-    after every optimiser step (tests use it to interrupt a run).
+    ``tune`` trains everything (``all``), a linear head on the frozen backbone (``head``:
+    each image's features are computed once and stored, see :mod:`.probe`; with
+    ``feature_cache`` False the head is trained end to end through the frozen backbone) or
+    the last N blocks and the head (``last:N``); a frozen backbone is trained without
+    augmentation.  ``on_event`` receives progress and epoch lines; ``on_step(epoch, batch)``
+    is called after every optimiser step (tests use it to interrupt a run).
     """
     cfg = TrainConfig(
         dataset=dataset, init=init, split=split, arch=arch, image_size=image_size, epochs=epochs,
@@ -146,7 +157,8 @@ def finetune(
         num_workers=num_workers, compile=compile, model_kwargs=dict(model_kwargs or {}),
         scheduler=str(getattr(scheduler, "value", scheduler)), max_rotation=max_rotation,
         frontal_only=frontal_only, findings=list(findings) if findings is not None else None,
-        min_positives=min_positives, keep_resume=keep_resume,
+        min_positives=min_positives, keep_resume=keep_resume, tune=str(getattr(tune, "value", tune)),
+        feature_cache=feature_cache,
     )
     cfg.check()
     info = dist.setup(cfg.device)
@@ -159,7 +171,7 @@ def finetune(
             return started
 
         started: _Start = _on_rank0(info, start)
-        loop = TrainingLoop(registry, started.run_id, started.cfg, started.prep, info,
+        loop = _loop_class(started.cfg)(registry, started.run_id, started.cfg, started.prep, info,
                             spec=started.spec, init_state=init_state,
                             on_event=on_event if info.is_main else None, on_step=on_step)
         result = loop.run()
@@ -167,6 +179,11 @@ def finetune(
         return result
     finally:
         dist.teardown(info)
+
+
+def _loop_class(cfg: TrainConfig) -> type[TrainingLoop]:
+    """The head of a `tune` head run trains on stored features; everything else end to end."""
+    return ProbeLoop if uses_feature_cache(cfg) else TrainingLoop
 
 
 def _refuse_live_owner(run: Run) -> None:
@@ -271,7 +288,7 @@ def resume(
         state = load_resume(Path(resume_path), run_id)
         if info.is_main:
             _record_resume(registry, run_id, state, resume_path, cfg.epochs, info)
-        loop = TrainingLoop(registry, run_id, cfg, prep, info,
+        loop = _loop_class(cfg)(registry, run_id, cfg, prep, info,
                             on_event=on_event if info.is_main else None, on_step=on_step)
         result = loop.run(resume_state=state)
         dist.finish(info)

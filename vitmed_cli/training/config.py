@@ -12,10 +12,12 @@ from ..choices import (
     DEFAULT_LR,
     DEFAULT_MAX_ROTATION,
     DEFAULT_NUM_WORKERS,
+    DEFAULT_TUNE,
     DEFAULT_WEIGHT_DECAY,
     Device,
     Scheduler,
     UncertainPolicy,
+    parse_tune,
 )
 from ..errors import TrainingError
 
@@ -48,6 +50,8 @@ class TrainConfig:
     findings: list[str] | None = None  # canonical names to learn; None = all but non-findings
     min_positives: int | None = None  # None = every finding needs a training positive
     keep_resume: bool = False  # keep resume.pt (optimiser state, ~3x the weights) after completion
+    tune: str = DEFAULT_TUNE  # all | head (linear probe on a frozen backbone) | last:N
+    feature_cache: bool = True  # tune head: train on stored backbone features (one forward pass)
 
     def check(self) -> None:
         """Refuse values no run can train with; messages name the parameter."""
@@ -75,6 +79,7 @@ class TrainConfig:
             raise TrainingError("`findings` is empty - name at least one finding, e.g. `findings` Effusion,Nodule")
         if self.image_size is not None and self.image_size < 8:
             raise TrainingError(f"`image_size` must be at least 8 pixels, got {self.image_size}")
+        parse_tune(self.tune)
         if self.max_rotation < 0:
             raise TrainingError(f"`max_rotation` must be 0 or more degrees, got {self.max_rotation}")
 

@@ -40,6 +40,7 @@ from .config import RESUME_FILE, RunResult, TrainConfig
 from .distributed import DistInfo
 from .prepare import Prepared
 from .resume import rng_state, save_resume, set_rng_state
+from .tuning import apply_tuning
 
 
 class LrLambda:
@@ -89,7 +90,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pos_weight = torch.as_tensor(np.asarray(pos_weight, dtype=np.float32), device=self.device)
         self.masked = masked
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        # only what the run trains (`tune`): frozen parameters get no optimiser state
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
         self.lr_lambda = LrLambda(scheduler, total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
         self.scaler = (
@@ -121,10 +124,14 @@ class Trainer:
         )
         return (per * keep).sum() / keep.sum().clamp(min=1)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Forward, backward and an optimiser step on one prepared batch; the loss, not synced."""
+    def step(self, x: torch.Tensor, y: torch.Tensor,
+             forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Forward, backward and an optimiser step on one prepared batch; the loss, not synced.
+
+        ``forward`` replaces the model's forward pass (a probe feeds stored features to the head).
+        """
         with self.autocast():
-            logits = self.net(x)
+            logits = (forward or self.net)(x)
         loss = self.loss(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -276,10 +283,11 @@ class TrainingLoop:
             state_dict=self.init_state if spec is not None else None, **cfg.model_kwargs,
         )
         self.init_state = None  # the trainer owns the weights now
+        tuning = apply_tuning(model, cfg.tune)
         self.mean, self.std = model_norm(model)
         self.train_loader = BatchLoader(
             prep.cache_path, prep.train.cache_rows, prep.train_y, batch_size=cfg.batch_size,
-            shuffle=True, augment=True, seed=cfg.seed, device=self.device, num_workers=cfg.num_workers,
+            shuffle=True, augment=cfg.tune != "head", seed=cfg.seed, device=self.device, num_workers=cfg.num_workers,
             rank=info.rank, world_size=info.world_size, max_rotation=cfg.max_rotation,
         )
         self.val_loader = BatchLoader(
@@ -298,7 +306,7 @@ class TrainingLoop:
             self._restore(resume_state)
         elif self.main:
             records.update_run(self.registry, self.run_id, config_update={
-                "adaptation": adaptation, "model_kwargs": dict(cfg.model_kwargs),
+                "adaptation": adaptation, "model_kwargs": dict(cfg.model_kwargs), "tuning": tuning,
                 "mean": list(self.mean), "std": list(self.std), "amp": str(self.trainer.amp_dtype),
                 "device": str(self.device), "n_batches_per_epoch": self.n_batches,
                 "dataset": prep.dataset,
@@ -350,10 +358,7 @@ class TrainingLoop:
     def _validate(self, epoch: int, t0: float, train_seconds: float) -> dict[str, Any]:
         """Validation AUC and loss, sharded over ranks and gathered; the epoch's metrics row."""
         prep = self.prep
-        logits = predict_logits(self.trainer.model, self.val_loader, len(prep.val), mean=self.mean,
-                                std=self.std, image_size=self.image_size, device=self.device,
-                                n_outputs=len(prep.findings))
-        logits = dist.gather_logits(logits, self.info)
+        logits = self._val_logits()
         aucs = np.asarray(roc_auc(prep.val_y, probabilities(logits)), dtype=float).reshape(-1)
         finite = aucs[np.isfinite(aucs)]
         macro = float(finite.mean()) if finite.size else None
@@ -368,6 +373,13 @@ class TrainingLoop:
             "seconds": time.perf_counter() - t0,
             "images_per_second": (len(prep.train) / train_seconds) if train_seconds > 0 else None,
         }
+
+    def _val_logits(self) -> np.ndarray:
+        """Validation logits of the whole part, sharded over ranks and gathered."""
+        logits = predict_logits(self.trainer.model, self.val_loader, len(self.prep.val), mean=self.mean,
+                                std=self.std, image_size=self.image_size, device=self.device,
+                                n_outputs=len(self.prep.findings))
+        return dist.gather_logits(logits, self.info)
 
     def _save_epoch(self, row: dict[str, Any], improved: bool) -> None:
         """Rank 0: checkpoints, resume.pt, then the epoch row (in that order: see reconcile_epochs)."""
