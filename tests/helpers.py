@@ -248,6 +248,9 @@ def write_dinov3_vit(folder: Path, *, seed: int = 0, arch: str = DINOV3_VIT,
     torch.manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=0, **(kwargs or DINOV3_VIT_KW))
     timm_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in timm_sd:  # timm starts q/v biases at zero; a release's are not
+        if k.endswith((".q_bias", ".v_bias")):
+            timm_sd[k] = torch.randn_like(timm_sd[k])
     dim = timm_sd["cls_token"].shape[-1]
     out: dict = {}
     for k, v in timm_sd.items():
