@@ -26,6 +26,7 @@ from .registry.models import (
 )
 from .registry.owner import STALE_STATUS, display_status, heartbeat_age
 from .registry.queries import get_dataset, get_evaluation, get_run, run_tune
+from .datasets.parts import size_caches
 from .splits import split_summary
 from .weights.families import family_of, licence_of
 
@@ -108,6 +109,7 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
             "source_path": ds.source_path,
             "image_size": ds.image_size,
             "cache_path": ds.cache_path,
+            "caches": {ds.image_size: ds.cache_path, **size_caches(ds)},  # image size -> cache file
             "has_patient_ids": ds.has_patient_ids,
             "label_policy": ds.label_policy,
             "notes": ds.notes,

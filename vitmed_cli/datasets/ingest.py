@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, func, select
 
+from .._util import atomic_write
 from ..choices import DEFAULT_IMAGE_SIZE, Format, LabelPolicy
 from ..errors import AlreadyExists, ConfigError, InputError
 from ..events import Listener, progress
@@ -151,11 +152,8 @@ def _dataset_row(s, *, name: str, fmt: str, source: Path, image_size: int, recor
             f"dataset {name!r} is already registered from {ds.format} {ds.source_path} - "
             f"choose a new `name` or remove it first: vitmed datasets delete {name}"
         )
-    if ds.image_size != image_size:
-        raise AlreadyExists(
-            f"dataset {name!r} was ingested at `image_size` {ds.image_size} - re-run with "
-            f"`image_size` {ds.image_size}, or use a new `name` for another size"
-        )
+    # another `image_size`: the dataset keeps its rows and gets a cache at that size too
+    # (build_size_cache), so runs at 224, 512 and 1024 px use the same images and splits
     if (ds.label_policy or None) != (label_policy or None):
         raise AlreadyExists(
             f"dataset {name!r} was ingested with `label_policy` {ds.label_policy} - re-run "
@@ -319,6 +317,68 @@ def build_cache(
     return stats
 
 
+def build_size_cache(
+    registry: Registry,
+    dataset_id: int,
+    size: int,
+    *,
+    workers: int | None = None,
+    invert_keys: set[str] | frozenset[str] = frozenset(),
+    on_event: Listener | None = None,
+) -> dict[str, Any]:
+    """A second cache of the dataset at ``size`` px, row for row with its own; resumable.
+
+    The rows done are kept in a mask beside the file (``<cache>.done.npy``), so an
+    interrupted build continues; ``Dataset.options["caches"][size]`` records the file and
+    whether it is complete (training and predict read it only then).
+    """
+    table = Image.__table__
+    with registry.session(readonly=True) as s:
+        ds = s.get(Dataset, dataset_id)
+        main = Path(ds.cache_path)
+        path = main.with_name(f"{_slug(ds.name)}-{ds.id}-{size}px.npy")
+        rows = s.execute(
+            select(table.c.id, table.c.cache_index, table.c.source_path, table.c.key)
+            .where(table.c.dataset_id == dataset_id, table.c.cache_index.is_not(None))
+            .order_by(table.c.cache_index)
+        ).all()
+    n_rows = int(np.load(main, mmap_mode="r").shape[0])
+    kept = ensure_cache(path, n_rows, size)
+    mask_path = path.with_suffix(".done.npy")
+    done = np.load(mask_path) if kept and mask_path.is_file() else np.zeros(n_rows, dtype=bool)
+    if done.shape != (n_rows,):
+        done = np.resize(done, n_rows) & (np.arange(n_rows) < done.size)
+    tasks = [(image_id, row, src, key in invert_keys) for image_id, row, src, key in rows if not done[row]]
+    stats = {"n_done": 0, "errors": 0}
+    task = f"caching {ds.name} at {size} px"
+
+    def save_mask() -> None:
+        atomic_write(mask_path, writer=lambda fh: np.save(fh, done))
+
+    def on_results(results) -> None:
+        for r in results:
+            if r.error is None:
+                done[r.row] = True
+            else:
+                stats["errors"] += 1
+        stats["n_done"] += len(results)
+        save_mask()
+        progress(on_event, task, stats["n_done"], len(tasks))
+
+    try:
+        fill_cache(path, tasks, size, workers=workers, on_results=on_results)
+    finally:
+        save_mask()
+    complete = bool(all(done[row] for _, row, _, _ in rows))
+    with registry.session() as s:
+        ds = s.get(Dataset, dataset_id)
+        caches = dict((ds.options or {}).get("caches") or {})
+        caches[str(size)] = {"path": str(path), "complete": complete, "n_images": int(done.sum())}
+        ds.options = {**(ds.options or {}), "caches": caches}
+    return {"path": str(path), "n_ingested": stats["n_done"] - stats["errors"], "complete": complete,
+            "n_skipped_existing": len(rows) - len(tasks)}
+
+
 def _read(fmt: str, path: Path, format_options: dict[str, Any]) -> tuple[RecordSet, Path, str | None, dict]:
     """Read the download: (records, source path, label policy, dataset options to store)."""
     given = check_options(fmt, format_options)
@@ -404,6 +464,9 @@ def ingest_dataset(
     The dataset, its findings, images and labels are written in one
     transaction; the cache is then filled in batches, so an interrupted
     ingest resumes where it stopped when run again with the same arguments.
+    Ingesting a registered dataset again at another ``image_size`` builds a second
+    cache at that size (same images, same rows; :func:`build_size_cache`), which
+    ``finetune --image-size`` and predict then read.
     """
     started = time.perf_counter()
     fmt = Format.parse(fmt, "ingest format").value
@@ -420,6 +483,14 @@ def ingest_dataset(
     )
     stats = build_cache(registry, dataset_id, workers=workers, invert_keys=records.invert_keys,
                         on_event=on_event)
+    with registry.session(readonly=True) as s:
+        own_size = s.get(Dataset, dataset_id).image_size
+    if own_size != int(image_size):
+        extra = build_size_cache(registry, dataset_id, int(image_size), workers=workers,
+                                 invert_keys=records.invert_keys, on_event=on_event)
+        cache_path = extra["path"]
+        stats = {**stats, "n_ingested": extra["n_ingested"],
+                 "n_skipped_existing": extra["n_skipped_existing"]}
     counts = _counts(registry, dataset_id, records.has_patient_ids, stats["inverted"])
     if counts["n_images"] and counts["n_unreadable"] == counts["n_images"]:
         _refuse_all_unreadable(name, source, counts["n_images"], counts["first_bad"])

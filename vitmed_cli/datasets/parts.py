@@ -87,6 +87,25 @@ def check_cache(ds: Dataset) -> Path:
     return path
 
 
+def size_caches(ds: Dataset) -> dict[int, str]:
+    """The dataset's complete caches at other sizes (``ingest --image-size S`` again): size -> path."""
+    out: dict[int, str] = {}
+    for size, info in ((ds.options or {}).get("caches") or {}).items():
+        if isinstance(info, dict) and info.get("complete") and Path(str(info.get("path"))).is_file():
+            out[int(size)] = str(info["path"])
+    return out
+
+
+def cache_for(ds: Dataset, image_size: int | None) -> tuple[str, int]:
+    """The cache a model at ``image_size`` reads: one built at that size when there is one (same
+    rows), else the dataset's own (resized on the fly)."""
+    if image_size is not None and int(image_size) != int(ds.image_size):
+        path = size_caches(ds).get(int(image_size))
+        if path:
+            return path, int(image_size)
+    return str(ds.cache_path or ""), int(ds.image_size)
+
+
 def load_part(
     session,
     dataset: Dataset | str,
@@ -94,6 +113,7 @@ def load_part(
     part: str,
     *,
     frontal_only: bool = True,
+    image_size: int | None = None,
 ) -> PartData:
     """Images of one split part with their cache rows and labels; unreadable images are left out.
 
@@ -103,7 +123,8 @@ def load_part(
     (every image 'unknown', e.g. a CSV without a view column) uses its 'unknown' images.
     Both cases are one query: the 'unknown' branch carries a NOT EXISTS over the dataset's
     known views.  Images listed in ``Dataset.options["unlabelled_keys"]`` (no label
-    information in the source) are left out too.
+    information in the source) are left out too.  ``image_size``: the part reads the cache
+    built at that size when the dataset has one (:func:`cache_for`).
     """
     ds, sp = _resolve(session, dataset, split)
     fnd = session.execute(
@@ -151,8 +172,9 @@ def load_part(
                                count=len(arr))
             keep &= cols >= 0
             labels[pos[keep], cols[keep]] = arr[keep, 2].astype(np.float32)
+    cache_path, cache_size = cache_for(ds, image_size)
     return PartData(
         dataset=ds.name, split=sp.name, part=part, image_ids=image_ids, image_keys=keys,
         cache_rows=cache_rows, labels=labels, findings=findings, finding_ids=finding_ids,
-        cache_path=str(ds.cache_path or ""), image_size=int(ds.image_size),
+        cache_path=cache_path, image_size=cache_size,
     )

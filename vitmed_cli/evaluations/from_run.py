@@ -189,8 +189,9 @@ def _target(session, run: Run, dataset: str | None, split: str | None, part: str
     check_cache(ds)
     train_cfg = (run.config or {}).get("train") or {}
     frontal = bool(train_cfg.get("frontal_only", True))
-    target = load_part(session, ds, sp, part, frontal_only=frontal)
-    val = load_part(session, ds, sp, "val", frontal_only=frontal) if part != "val" else target
+    size = run.image_size  # the cache built at the run's size, when the dataset has one
+    target = load_part(session, ds, sp, part, frontal_only=frontal, image_size=size)
+    val = load_part(session, ds, sp, "val", frontal_only=frontal, image_size=size) if part != "val" else target
     return _Target(ds.id, ds.name, sp.id, sp.name, target, val, frontal,
                    train_cfg.get("uncertain", "zeros"))
 

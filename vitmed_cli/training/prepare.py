@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..datasets.parts import PartData, apply_uncertain, check_cache, load_part
+from ..datasets.parts import PartData, apply_uncertain, cache_for, check_cache, load_part
 from ..errors import TrainingError
 from ..registry.queries import get_dataset, get_split
 from .config import TrainConfig
@@ -103,9 +103,10 @@ def prepare(session, cfg: TrainConfig) -> Prepared:
     """Load and check the data; every problem is a one-line TrainingError before training."""
     ds = get_dataset(session, cfg.dataset)
     sp = get_split(session, ds, cfg.split)
-    cache = check_cache(ds)
-    train = load_part(session, ds, sp, "train", frontal_only=cfg.frontal_only)
-    val = load_part(session, ds, sp, "val", frontal_only=cfg.frontal_only)
+    check_cache(ds)
+    cache = cache_for(ds, cfg.image_size)[0]  # a cache built at the training size, when there is one
+    train = load_part(session, ds, sp, "train", frontal_only=cfg.frontal_only, image_size=cfg.image_size)
+    val = load_part(session, ds, sp, "val", frontal_only=cfg.frontal_only, image_size=cfg.image_size)
     if not train.findings:
         raise TrainingError(f"dataset {ds.name!r} has no findings to learn - re-ingest it with its labels")
     if len(train) == 0:
