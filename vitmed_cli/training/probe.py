@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,15 @@ class FeatureStore:
                     f"{(n_rows, dim)} - delete the folder {self.folder} and run again"
                 )
         else:
-            tmp = self.folder / "features.partial.npy"
+            fd, tmp = tempfile.mkstemp(prefix=".features.", suffix=".npy", dir=self.folder)
+            os.close(fd)
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim)).flush()
-            os.replace(tmp, self.path)
+            try:  # of two processes creating the store at once, the first one's file stays
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
             self.features = np.load(self.path, mmap_mode="r+")
             atomic_write(self.folder / "key.json", json.dumps(parts, indent=1, default=str).encode())
         self.done = np.load(self.mask_path) if self.mask_path.is_file() else np.zeros(n_rows, dtype=bool)
