@@ -129,3 +129,41 @@ def test_predicting_twice_says_so_and_prune_frees_resume_files(registry, tmp_pat
     pruned = json.loads(_invoke(url, "runs", "prune", "--yes", "--json").stdout)
     assert pruned["pruned"] == [kept["run_id"]] and pruned["bytes_freed"] > 0
     assert not os.path.exists(kept_file)
+
+
+def test_a_bad_option_value_is_one_line_naming_the_choices(sqlite_url):
+    res = _invoke(sqlite_url, "runs", "list", "--status", "complete")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == ("Error: Invalid value for '--status': 'complete' is not one of 'running', "
+                                  "'completed', 'failed', 'interrupted', 'stale' - see vitmed runs list --help")
+    res = _invoke(sqlite_url, "checkpoints", "list", "--role", "bset")
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "'init', 'best', 'last'" in res.stderr
+    empty = _invoke(sqlite_url, "runs", "list", "--status", "failed")
+    assert empty.exit_code == 0 and empty.stdout.strip() == "runs: none with status failed"
+
+
+def test_evals_import_says_what_it_left_out_and_a_reused_name(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=60, n_lateral=6)
+    url = registry.engine.url.render_as_string(hide_password=False)
+    with registry.session() as s:
+        keys = s.execute(select(Image.key, SplitAssignment.part).join(
+            SplitAssignment, SplitAssignment.image_id == Image.id)).all()
+        lateral = s.scalars(select(Image.key).where(Image.view == "lateral")).first()
+    test_keys = [k for k, p in keys if p == "test"]
+    rows = [{"key": k, "Effusion": 0.5, "Nodule": 0.5} for k in test_keys + [lateral]]
+    pd.DataFrame(rows).to_csv(tmp_path / "all.csv", index=False)
+    pd.DataFrame(rows[:5]).to_csv(tmp_path / "five.csv", index=False)
+    first = _invoke(url, "evals", "import", str(tmp_path / "all.csv"), "--dataset", "toy", "--name", "ext",
+                    "--split", "default", "--json")
+    assert first.exit_code == 0, first.output
+    out = json.loads(first.stdout)
+    n_used = out["n_images"]
+    assert out["n_left_out"] >= 1  # the lateral at least
+    assert out["warnings"][0].startswith(f"{out['n_left_out']} of the file's {len(rows)} images were left out: "
+                                         "laterals, unreadable or unlabelled images")
+    again = _invoke(url, "evals", "import", str(tmp_path / "five.csv"), "--dataset", "toy", "--name", "ext",
+                    "--split", "default")
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.stderr.split())
+    assert "warning: the file covers" in text and f"of the {n_used} images of the test part" in text
+    assert "warning: evaluation name 'ext' was already used by evaluation(s) 1" in text

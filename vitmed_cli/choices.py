@@ -103,6 +103,16 @@ class RunRole(Choice):
     last = "last"
 
 
+class RunFilter(Choice):
+    """A run status to list, or ``stale``: running, but its process is gone."""
+
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    interrupted = "interrupted"
+    stale = "stale"
+
+
 class ReportFormat(Choice):
     """One self-contained HTML page, or Markdown with PNG figures beside it."""
 

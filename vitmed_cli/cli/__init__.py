@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+import typer.rich_utils
 from typer.core import TyperGroup
 
 from .. import __version__
@@ -19,6 +20,18 @@ def _debug_wanted(ctx) -> bool:
     if isinstance(obj, AppState) and obj.debug:
         return True
     return os.environ.get("VITMED_DEBUG", "").lower() in {"1", "true", "yes"}
+
+
+def _one_line_usage_error(error) -> None:
+    """A bad option or argument as one line, like every other vitmed error (exit code 2 stays)."""
+    message = " ".join(error.format_message().replace("Value error, ", "").split()).rstrip(".")
+    ctx = getattr(error, "ctx", None)
+    hint = f" - see {ctx.command_path} --help" if ctx is not None and ctx.command_path else ""
+    typer.echo(f"Error: {message}{hint}", err=True)
+
+
+# typer draws usage errors in a box of several lines; vitmed's errors are one line each
+typer.rich_utils.rich_format_error = _one_line_usage_error
 
 
 class VitmedGroup(TyperGroup):
@@ -131,8 +144,6 @@ _attach()
 
 
 def main() -> None:
-    import typer.rich_utils
-
     # --help and usage errors are drawn by typer's own rich console: as wide as our tables
     if typer.rich_utils.MAX_WIDTH is None:
         typer.rich_utils.MAX_WIDTH = piped_width(sys.stdout)

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from .. import catalog
 from ..choices import UncertainPolicy
-from ._common import EvalArg, JsonOpt, Part, YesOpt, confirm_delete, console, fmt, print_json, print_record, print_table, state, want_json
+from ._common import EvalArg, JsonOpt, Part, YesOpt, cli_message, confirm_delete, console, err_console, fmt, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Evaluations: list, show, import predictions made elsewhere, delete.",
                   no_args_is_help=True)
@@ -84,6 +84,8 @@ def import_(
         console.print(Text(f"imported evaluation {out['evaluation_id']} ({name}): {out['n_images']} images, "
                            f"macro AUC {fmt(out['macro_auc'])}"))
         print_table([{"finding": k, "auc": v} for k, v in out["findings"].items()], ["finding", "auc"])
+    for warning in out["warnings"]:
+        err_console.print(Text("warning: ", style="yellow") + Text(cli_message(warning)), soft_wrap=True)
 
 
 @app.command("delete")

@@ -7,24 +7,26 @@ from typing import Annotated, Optional
 import typer
 
 from .. import catalog
+from ..choices import RunFilter
 from ._common import JsonOpt, RunArg, YesOpt, confirm_delete, print_json, print_record, print_table, state, want_json
 
-app = typer.Typer(help="Fine-tuning runs: list, show, delete.", no_args_is_help=True)
+app = typer.Typer(help="Fine-tuning runs: list, show, delete, prune.", no_args_is_help=True)
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
     dataset: Annotated[Optional[str], typer.Option(help="Only runs on this dataset.")] = None,
-    status: Annotated[Optional[str], typer.Option(
-        help="Only runs with this status: running, completed, failed, interrupted, or stale (running, but its process is gone).")] = None,
+    status: Annotated[Optional[RunFilter], typer.Option(
+        help="Only runs with this status; stale = running, but its process is gone.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List runs with their status and best validation AUC.
 
     Example: vitmed runs list --dataset vindr
     """
-    rows = catalog.list_runs(state(ctx).registry(write=False), dataset=dataset, status=status)
+    rows = catalog.list_runs(state(ctx).registry(write=False), dataset=dataset,
+                             status=status.value if status else None)
     if want_json(ctx, json_out):
         print_json(rows)
     else:
@@ -32,7 +34,7 @@ def list_(
             rows,
             ["id", "dataset", "split", "init", "arch", "tune", "seed", "status",
              ("epochs_done", "epochs"), ("best_val_macro_auc", "best val AUC")],
-            title="runs", empty="no runs yet - run vitmed finetune",
+            title="runs", empty=f"none with status {status.value}" if status else "no runs yet - run vitmed finetune",
         )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from .._util import finite_or_none, first_line
 from ..choices import Part, UncertainPolicy
@@ -221,6 +221,29 @@ def _labels(session, image_ids: np.ndarray, finding_ids: Sequence[int], uncertai
     return apply_uncertain(raw, uncertain).astype(float)
 
 
+def _import_warnings(session, ds, sp, part: str, name: str, table: _Table, image_ids: np.ndarray,
+                     n_left_out: int) -> list[str]:
+    """What the importer should know: rows left out, a part covered only partly, a name reused."""
+    out = []
+    if n_left_out:
+        out.append(f"{n_left_out} of the file's {len(table.keys)} images were left out: laterals, "
+                   "unreadable or unlabelled images, which predict does not score either")
+    if sp is not None:
+        in_part = session.scalar(select(func.count()).select_from(SplitAssignment).join(
+            Image, Image.id == SplitAssignment.image_id).where(
+            SplitAssignment.split_id == sp.id, SplitAssignment.part == part, used_images(ds.id)))
+        if in_part and len(image_ids) < in_part:
+            out.append(f"the file covers {len(image_ids)} of the {in_part} images of the {part} part of "
+                       f"split {sp.name!r} that vitmed scores: compare refuses to pair it with a full "
+                       "evaluation unless `intersect`")
+    earlier = session.scalars(select(Evaluation.id).where(Evaluation.name == name)).all()
+    if earlier:
+        out.append(f"evaluation name {name!r} was already used by evaluation(s) "
+                   f"{', '.join(map(str, earlier))}; this one is stored beside it (the report and "
+                   "compare `init` use the newest)")
+    return out
+
+
 def import_evaluation(
     registry: Registry,
     path: str | Path,
@@ -274,6 +297,7 @@ def import_evaluation(
                     "columns": {c: f.canonical for c, f in mapping.items()},
                     "n_left_out": n_left_out},
         )
+        warnings = _import_warnings(s, ds, sp, part, name, table, image_ids, n_left_out)
         store_evaluation(s, ev, metrics=metrics, image_ids=image_ids, finding_ids=fids,
                          probabilities=probs, labels=y)
         return {
@@ -283,4 +307,5 @@ def import_evaluation(
             "findings": {f.canonical: finite_or_none(aucs[j]) for j, f in enumerate(mapping.values())},
             "skipped_findings": ev.skipped_findings,
             "n_left_out": n_left_out,
+            "warnings": warnings,
         }

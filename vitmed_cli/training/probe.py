@@ -33,7 +33,6 @@ from ..datasets.loader import BatchLoader
 from ..errors import TrainingError
 from ..events import Listener, progress
 from ..inference import amp_dtype_for, autocast, model_input
-from ..registry.db import Registry
 from ..registry.models import Run
 from . import records
 from .config import TrainConfig

@@ -21,7 +21,6 @@ from .inits import (
     _OFFICIAL,
     DEFAULT_ARCH,
     TIMM_PREFIX,
-    _missing_weights_error,
     _parse_id,
     _require_file,
     _run_best,
@@ -135,7 +134,8 @@ def pretrain_load(
         raise WeightsError(f"unknown initialisation {init!r} for pretrain-load - use one of: {_KINDS}")
     with registry.session(readonly=True) as session:
         others = tuple(c.id for c in registered_under(session, result.init) if c.id != result.checkpoint_id)
-    return dataclasses.replace(result, others=others)
+    unused = name if result.existing and name is not None and name != result.name else None
+    return dataclasses.replace(result, others=others, unused_name=unused)
 
 
 def _register_timm(registry: "Registry", init: str, file, arch: str | None, name: str | None,
@@ -171,7 +171,12 @@ def _register_timm(registry: "Registry", init: str, file, arch: str | None, name
         if found is None:
             _refuse_registered_again(registry, init_name)
             if init in _OFFICIAL:
-                raise _missing_weights_error(init, arch)
+                info = _OFFICIAL[init]
+                raise WeightsError(
+                    f"no `file` given and no {info['label']} weights for {arch} in the Hugging Face cache "
+                    f"({hub_cache_dir()}) - download {info['file']} from {info['where']} and pass it with "
+                    "`file`, or let vitmed download it into the cache with `allow_network`"
+                )
             if init.startswith(TIMM_PREFIX):
                 raise missing_timm_error(init)
             raise WeightsError(

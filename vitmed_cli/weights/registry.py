@@ -39,9 +39,13 @@ class PretrainLoadResult:
     image_size: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     others: tuple[int, ...] = ()  # other (older) checkpoints registered under the same name
+    unused_name: str | None = None  # a name asked for, not applied: the file was registered already
 
     def note(self) -> str | None:
-        """When the name now stands for several files: which one `init NAME` uses, how to pick others."""
+        """What the user should know: a name not applied, or a name that stands for several files."""
+        if self.unused_name is not None:
+            return (f"this file was registered before as {self.name!r} (checkpoint {self.checkpoint_id}); "
+                    f"`name` {self.unused_name!r} was not applied - fine-tune with `init` {self.name}")
         if not self.others:
             return None
         newest = max((self.checkpoint_id, *self.others))
