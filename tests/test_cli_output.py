@@ -167,3 +167,17 @@ def test_evals_import_says_what_it_left_out_and_a_reused_name(registry, tmp_path
     text = " ".join(again.stderr.split())
     assert "warning: the file covers" in text and f"of the {n_used} images of the test part" in text
     assert "warning: evaluation name 'ext' was already used by evaluation(s) 1" in text
+
+
+def test_help_shows_no_type_after_a_flag_and_lists_print_plainly(sqlite_url, tmp_path):
+    helped = _invoke(sqlite_url, "runs", "list", "--help")
+    assert helped.exit_code == 0 and "<bool>" not in helped.stdout and "--json" in helped.stdout
+    pruned = _invoke(sqlite_url, "runs", "prune")
+    assert pruned.exit_code == 0 and pruned.stdout.strip() == "nothing to prune"
+    build_dataset_args = _invoke(sqlite_url, "ingest", "synthetic", str(tmp_path / "s"), "--name", "s",
+                                 "--n-images", "12", "--image-size", "16")
+    assert build_dataset_args.exit_code == 0, build_dataset_args.output
+    assert _invoke(sqlite_url, "split", "s", "--name", "a").exit_code == 0
+    listed = _invoke(sqlite_url, "datasets", "list")
+    row = next(line for line in listed.stdout.splitlines() if "synthetic" in line)
+    assert "['a']" not in row and " a " in row

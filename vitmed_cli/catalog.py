@@ -181,7 +181,7 @@ def run_detail(registry: Registry, run_id: int) -> dict[str, Any]:
         out["init_checkpoint"] = run.init_checkpoint.to_dict() if run.init_checkpoint else None
         out["checkpoints"] = [c.to_dict() for c in run.checkpoints]
         out["epochs"] = [m.to_dict() for m in run.epochs]
-        out["owner"] = None if run.status != "running" else {
+        out["owner"] = None if run.status != "running" else {  # who trains it now, and is it alive
             "host": run.owner_host, "pid": run.owner_pid, "heartbeat_seconds_ago": heartbeat_age(run),
             "alive": display_status(run) == "running",
         }
@@ -206,6 +206,20 @@ def delete_run(registry: Registry, run_id: int) -> dict[str, Any]:
         return {"id": run_id, "deleted": True}
 
 
+def prunable_runs(registry: Registry, run_ids: list[int] | None = None) -> list[int]:
+    """Runs whose resume.pt prune_runs would delete."""
+    with registry.session(readonly=True) as s:
+        q = select(Run).where(Run.resume_path.is_not(None)).order_by(Run.id)
+        if run_ids:
+            q = q.where(Run.id.in_(run_ids))
+        return [r.id for r in s.scalars(q) if _prunable(r)]
+
+
+def _prunable(run: Run) -> bool:
+    """A run that ended: not interrupted (it may be resumed), not still trained by a live process."""
+    return run.status != "interrupted" and display_status(run) != "running"
+
+
 def prune_runs(registry: Registry, run_ids: list[int] | None = None) -> dict[str, Any]:
     """Delete the resume.pt of runs that ended (completed or failed), or of ``run_ids``; a run
     that is interrupted, or still trained by a live process, keeps its file.
@@ -220,7 +234,7 @@ def prune_runs(registry: Registry, run_ids: list[int] | None = None) -> dict[str
                 get_run(s, rid)
             q = q.where(Run.id.in_(run_ids))
         for run in s.scalars(q):
-            if run.status == "interrupted" or display_status(run) == "running":
+            if not _prunable(run):
                 kept.append({"id": run.id, "why": "it can still be resumed" if run.status == "interrupted"
                              else "it is still training"})
                 continue
@@ -293,7 +307,7 @@ def evaluation_detail(registry: Registry, evaluation_id: int) -> dict[str, Any]:
         metrics = s.scalars(
             select(EvaluationMetric)
             .where(EvaluationMetric.evaluation_id == ev.id)
-            .order_by(EvaluationMetric.finding)
+            .order_by(EvaluationMetric.id)
         ).all()
         out["auc"] = {m.finding: m.auc for m in metrics}
         out["metrics"] = [

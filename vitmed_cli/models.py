@@ -141,7 +141,8 @@ def _converted(sd: dict, model: Any, target: dict, arch: str, file_label: str) -
     if pe in sd and pe in target and sd[pe].ndim == 4 and sd[pe].shape[-2:] != target[pe].shape[-2:]:
         raise WeightsError(
             f"{file_label} has {tuple(sd[pe].shape[-2:])} patches but {arch} uses "
-            f"{tuple(target[pe].shape[-2:])} - use the matching `arch`"
+            f"{tuple(target[pe].shape[-2:])} - use the matching `arch`, or set the patch size in "
+            f"`model_kwargs` ({{\"patch_size\": {int(sd[pe].shape[-1])}}})"
         )
     fn = _filter_fn(model)
     if fn is None:

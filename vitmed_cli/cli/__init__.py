@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 import typer.rich_utils
 from typer.core import TyperGroup
 
@@ -32,6 +33,16 @@ def _one_line_usage_error(error) -> None:
 
 # typer draws usage errors in a box of several lines; vitmed's errors are one line each
 typer.rich_utils.rich_format_error = _one_line_usage_error
+
+_display_type = typer.core.TyperOption.display_type_rich
+
+
+def _no_type_for_flags(self, ctx):
+    """--help shows no <bool> after a flag: a flag takes no value."""
+    return None if self.is_flag and self.metavar is None else _display_type(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _no_type_for_flags
 
 
 class VitmedGroup(TyperGroup):

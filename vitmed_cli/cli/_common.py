@@ -9,6 +9,7 @@ lines.  Library error messages name parameters in backticks (`batch_size`);
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -97,6 +98,8 @@ def _clean(value: Any) -> Any:
         return [_clean(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return _clean(value.item())
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)  # the registry stores UTC
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
@@ -120,6 +123,8 @@ def fmt(value: Any, digits: int = 3) -> str:
         return NOT_AVAILABLE if value is None else f"{value:.{digits}f}"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v, digits) for v in value) or "-"
     return str(value)
 
 
@@ -268,6 +273,8 @@ def print_record(record: dict[str, Any], *, title: str | None = None) -> None:
     for key, value in record.items():
         if isinstance(value, (dict, list)):
             value = json.dumps(_clean(value))
+        elif hasattr(value, "isoformat"):
+            value = _clean(value)
         table.add_row(Text(key), Text(fmt(value)))
     console.print(table)
 

@@ -8,7 +8,7 @@ import typer
 
 from .. import catalog
 from ..choices import RunFilter
-from ._common import JsonOpt, RunArg, YesOpt, confirm_delete, print_json, print_record, print_table, state, want_json
+from ._common import JsonOpt, RunArg, YesOpt, confirm_delete, console, print_json, print_record, print_table, state, want_json
 
 app = typer.Typer(help="Fine-tuning runs: list, show, delete, prune.", no_args_is_help=True)
 
@@ -51,6 +51,8 @@ def show(ctx: typer.Context, run_id: RunArg, json_out: JsonOpt = False) -> None:
     epochs = info.pop("epochs")
     ckpts = info.pop("checkpoints")
     info.pop("init_checkpoint")
+    for raw in ("owner_host", "owner_pid", "owner_token", "heartbeat_at"):  # summed up in "owner"
+        info.pop(raw, None)
     print_record(info, title=f"run {run_id}")
     print_table(epochs, ["epoch", "train_loss", "val_loss", "val_macro_auc", "seconds"], title="epochs")
     print_table(ckpts, ["id", "role", "epoch", "sha256", "path"], title="checkpoints")
@@ -86,9 +88,14 @@ def prune(
     or one still training, keeps its resume.pt.
     Example: vitmed runs prune --yes
     """
+    registry = state(ctx).registry()
+    if not catalog.prunable_runs(registry, run_ids):
+        done = {"pruned": [], "kept": [], "bytes_freed": 0}
+        print_json(done) if want_json(ctx, json_out) else console.print("nothing to prune")
+        return
     confirm_delete(ctx, yes, "delete resume.pt of every run that ended?" if not run_ids else
                    f"delete resume.pt of run(s) {', '.join(map(str, run_ids))}?",
-                   lambda: {**(out := catalog.prune_runs(state(ctx).registry(), run_ids)),
+                   lambda: {**(out := catalog.prune_runs(registry, run_ids)),
                             "n": len(out["pruned"]), "mb": out["bytes_freed"] / 1e6},
                    json_out, "pruned {n} run(s), {mb:.1f} MB freed")
 

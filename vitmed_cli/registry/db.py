@@ -155,16 +155,18 @@ def create_registry_engine(url: str, *, readonly: bool = False) -> Engine:
         engine = create_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:
         raise ConfigError(
-            f"unknown database driver in registry URL {_redact(url)} - use sqlite:/// "
-            "or postgresql+psycopg://"
+            f"unknown database driver in registry URL {_redact(url)} - vitmed keeps its registry in "
+            "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
         ) from exc
     except ModuleNotFoundError as exc:
         if parsed.get_backend_name() == "postgresql":
-            fix = "run: pip install 'vitmed[postgres]'"
-        else:
-            fix = "vitmed supports sqlite:/// and postgresql+psycopg:// registries"
+            raise ConfigError(
+                f"the database driver for {_redact(url)} is not installed ({exc.name}) - run: "
+                "pip install 'vitmed[postgres]'"
+            ) from exc
         raise ConfigError(
-            f"the database driver for {_redact(url)} is not installed ({exc.name}) - {fix}"
+            f"vitmed keeps its registry in SQLite or PostgreSQL, not {parsed.get_backend_name()} - use "
+            "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DB"
         ) from exc
     except ArgumentError as exc:
         raise ConfigError(f"invalid registry URL {_redact(url)}: {exc}") from exc

@@ -77,7 +77,8 @@ class Base(DeclarativeBase):
         for col in self.__table__.columns:
             value = getattr(self, col.key)
             if isinstance(value, dt.datetime):
-                value = value.isoformat()
+                # stored in UTC; SQLite hands it back without its zone
+                value = (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
             out[col.key] = value
         return out
 

@@ -307,7 +307,8 @@ class TrainingLoop:
         elif self.main:
             records.update_run(self.registry, self.run_id, config_update={
                 "adaptation": adaptation, "model_kwargs": dict(cfg.model_kwargs), "tuning": tuning,
-                "mean": list(self.mean), "std": list(self.std), "amp": str(self.trainer.amp_dtype),
+                "mean": list(self.mean), "std": list(self.std),
+                "amp": str(self.trainer.amp_dtype) if self.trainer.amp_dtype is not None else None,
                 "device": str(self.device), "n_batches_per_epoch": self.n_batches,
                 "dataset": prep.dataset,
             })

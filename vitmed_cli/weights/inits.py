@@ -286,8 +286,13 @@ def _resolve_addressed(session: "Session", init: str, arch: str | None) -> InitS
         raise WeightsError(f"bad initialisation {init!r} - write NAME@<checkpoint id>, e.g. dinov2@3 "
                            "(ids: vitmed checkpoints list)")
     ckpt = session.get(Checkpoint, int(raw))
-    if ckpt is None or ckpt.role != "init":
-        raise WeightsError(f"no initialisation checkpoint {raw} in the registry - see vitmed checkpoints list")
+    if ckpt is None:
+        raise WeightsError(f"no checkpoint {raw} in the registry - see vitmed checkpoints list")
+    if ckpt.role != "init":
+        raise WeightsError(
+            f"checkpoint {raw} is the {ckpt.role} checkpoint of run {ckpt.run_id}, not an initialisation - "
+            f"start from it with `init` run:{ckpt.run_id}, or register it: vitmed pretrain-load run:{ckpt.run_id}"
+        )
     if name not in (ckpt.init, ckpt.name):
         raise WeightsError(f"checkpoint {raw} is registered as {ckpt.init!r}, not {name!r} - see vitmed "
                            "checkpoints list")
