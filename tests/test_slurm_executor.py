@@ -1,0 +1,224 @@
+"""Study cells as real jobs: submitit on a Slurm cluster, and submitit's local subprocesses.
+
+The Slurm variants need a running cluster (CI starts a one-node one with .ci/start-slurm
+and sets VITMED_TEST_SLURM=1, which turns a missing cluster into a failure); without one
+they skip, and the local variants run the same code path with real subprocesses.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from vitmed_cli.errors import ConfigError
+from vitmed_cli.study.slurm import (
+    SlurmExecutor,
+    SlurmOptions,
+    SubmititLocalExecutor,
+    state_from_files,
+)
+
+# Read at import: the autouse workspace fixture clears VITMED_* variables before each test.
+SLURM_REQUIRED = os.environ.get("VITMED_TEST_SLURM") == "1"
+FINAL = {"done", "failed", "cancelled"}
+ORDER = ["pending", "running", "done", "failed", "cancelled"]
+
+
+@functools.lru_cache(maxsize=None)
+def slurm_answers() -> bool:
+    """Once per test process: a controller that is down makes sinfo wait for its timeout."""
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def need_slurm() -> None:
+    if slurm_answers():
+        return
+    if SLURM_REQUIRED:
+        pytest.fail("VITMED_TEST_SLURM=1 but no Slurm cluster answers sinfo (see .ci/start-slurm's output)")
+    pytest.skip("no Slurm cluster running: start one with .ci/start-slurm")
+
+
+def make_executor(kind: str, tmp_path: Path, **options):
+    if kind == "slurm":
+        need_slurm()
+        return SlurmExecutor(SlurmOptions(cpus=1, time_min=10, **options), tmp_path / "jobs")
+    return SubmititLocalExecutor(tmp_path / "jobs", **options)
+
+
+@pytest.fixture(params=["local", "slurm"])
+def kind(request) -> str:
+    return request.param
+
+
+def watch(executor, job_id: str, *, until=lambda s: s in FINAL, polls: int = 3000) -> list[str]:
+    """The distinct states seen, in order, until ``until`` holds (bounded by polls, not time)."""
+    seen: list[str] = []
+    for _ in range(polls):
+        state = executor.state(job_id)
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if until(state):
+            return seen
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} never got there; states seen: {seen}")
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def assert_in_order(seen: list[str], final: str) -> None:
+    assert seen[-1] == final, seen
+    assert "unknown" not in seen, seen
+    assert [ORDER.index(s) for s in seen] == sorted(ORDER.index(s) for s in seen), seen
+
+
+def test_a_command_runs_to_done_with_its_env(kind, tmp_path):
+    ex = make_executor(kind, tmp_path)
+    out, token = tmp_path / "out.txt", uuid.uuid4().hex
+    argv = python("import os, time, pathlib; time.sleep(2); "
+                  f"pathlib.Path({str(out)!r}).write_text(os.environ['VITMED_CELL_TOKEN']); print('trained')")
+    job = ex.submit("toy/dinov2/seed0", argv, log_dir=tmp_path / "logs", env={"VITMED_CELL_TOKEN": token})
+    seen = watch(ex, job)
+    assert_in_order(seen, "done")
+    assert "running" in seen
+    assert out.read_text() == token
+    log = (tmp_path / "logs" / "toy_dinov2_seed0.log").read_text().splitlines()
+    assert log[0].startswith(f"== job {job.split('-')[0]} on ") and log[0].endswith(f": {shlex.join(argv)}")
+    assert log[1:] == ["trained"]
+    # A later `study run` (a fresh executor over the same folder) reads the same state.
+    again = make_executor(kind, tmp_path)
+    assert again.state(job) == "done"
+
+
+def test_a_failing_command_is_failed_with_its_output_in_the_log(kind, tmp_path):
+    ex = make_executor(kind, tmp_path)
+    argv = python("import sys, time; time.sleep(1); print('boom: no such dataset', file=sys.stderr); sys.exit(3)")
+    job = ex.submit("bad", argv, log_dir=tmp_path / "logs")
+    assert_in_order(watch(ex, job), "failed")
+    assert (tmp_path / "logs" / "bad.log").read_text().splitlines()[1:] == ["boom: no such dataset"]
+
+
+def test_cancel_mid_run_is_cancelled_and_the_command_is_stopped(kind, tmp_path):
+    ex = make_executor(kind, tmp_path)
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    # The command stops at a safe point on SIGTERM, as training does (it saves a checkpoint).
+    argv = python(
+        "import pathlib, signal, sys, time\n"
+        f"def stop(*a): pathlib.Path({str(stopped)!r}).write_text('ok'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"pathlib.Path({str(started)!r}).write_text('ok')\n"
+        "time.sleep(120)\n")
+    job = ex.submit("long", argv, log_dir=tmp_path / "logs")
+    seen = watch(ex, job, until=lambda s: started.exists() or s in FINAL)
+    assert seen[-1] == "running", seen
+    ex.cancel(job)
+    seen = watch(ex, job)
+    assert seen[-1] == "cancelled", seen
+    assert stopped.read_text() == "ok"  # the signal reached the command, which stopped cleanly
+    assert make_executor(kind, tmp_path).state(job) == "cancelled"
+
+
+def test_states_once_jobs_left_the_queue_come_from_their_result_files(kind, tmp_path):
+    """No sacct: once Slurm forgets a job (MinJobAge), submitit's result file in the job
+    folder tells done, failed and cancelled apart - here with the remembered state removed."""
+    ex = make_executor(kind, tmp_path)
+    started = tmp_path / "started"
+    jobs = {
+        "done": ex.submit("ok", python("print('fine')"), log_dir=tmp_path / "logs"),
+        "failed": ex.submit("bad", python("raise SystemExit(2)"), log_dir=tmp_path / "logs"),
+        "cancelled": ex.submit("long", python(f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); "
+                                              "time.sleep(120)"), log_dir=tmp_path / "logs"),
+    }
+    watch(ex, jobs["cancelled"], until=lambda s: started.exists() or s in FINAL)
+    ex.cancel(jobs["cancelled"])
+    for want, job in jobs.items():
+        assert watch(ex, job)[-1] == want
+    for want, job in jobs.items():
+        if kind == "slurm":
+            folder, raw = tmp_path / "jobs" / job, job
+        else:
+            pid, token = job.split("-")
+            folder, raw = tmp_path / "jobs" / token, pid
+        (folder / f"{raw}_vitmed_state").unlink(missing_ok=True)
+        assert (folder / f"{raw}_0_result.pkl").is_file()
+        assert state_from_files(folder, raw) == want
+
+
+def test_a_cell_of_two_gpus_runs_two_torchrun_ranks(tmp_path):
+    """gpus > 1: the command runs under torchrun, one rank per GPU, as DDP training expects
+    (RANK/WORLD_SIZE/LOCAL_RANK); submitit hands the job the GPUs through CUDA_VISIBLE_DEVICES."""
+    ex = SubmititLocalExecutor(tmp_path / "jobs", gpus=2)
+    argv = python("import os, pathlib; e = os.environ; "
+                  f"pathlib.Path({str(tmp_path)!r}, 'rank' + e['RANK']).write_text("
+                  "e['WORLD_SIZE'] + ' ' + e['LOCAL_RANK'] + ' ' + e['CUDA_VISIBLE_DEVICES'])")
+    job = ex.submit("ddp", argv, log_dir=tmp_path / "logs")
+    assert watch(ex, job)[-1] == "done"
+    assert (tmp_path / "rank0").read_text() == "2 0 0,1"
+    assert (tmp_path / "rank1").read_text() == "2 1 0,1"
+
+
+def test_slurm_options_reach_the_job(tmp_path):
+    need_slurm()
+    ex = SlurmExecutor(SlurmOptions(cpus=1, time_min=7, mem_gb=0.5, extra={"comment": "vitmed-cell"}), tmp_path)
+    job = ex.submit("opts", python("import time; time.sleep(1)"), log_dir=tmp_path / "logs")
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=True).stdout
+    fields = dict(f.split("=", 1) for f in shown.split() if "=" in f)
+    assert (fields["JobName"], fields["TimeLimit"], fields["NumCPUs"]) == ("vitmed-opts", "00:07:00", "1")
+    assert (fields["MinMemoryNode"], fields["Comment"]) == ("512M", "vitmed-cell")
+    assert watch(ex, job)[-1] == "done"
+
+
+def test_sbatch_refusing_a_job_is_one_line_naming_the_options(tmp_path):
+    need_slurm()
+    ex = SlurmExecutor(SlurmOptions(partition="no-such-partition"), tmp_path)
+    with pytest.raises(ConfigError) as err:
+        ex.submit("toy/seed0", python("pass"), log_dir=tmp_path)
+    assert str(err.value) == (
+        "sbatch refused the job of cell toy/seed0: Batch job submission failed: Invalid partition name specified"
+        " - check `partition`, `account`, `gpus`, `cpus`, `mem_gb` and `time_min` against the cluster"
+        " (sinfo lists its partitions)")
+
+
+def test_no_slurm_on_path_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        SlurmExecutor(SlurmOptions(), tmp_path)
+    assert str(err.value) == (
+        "`executor` slurm needs Slurm's commands on PATH (missing: sbatch, srun, squeue, scancel) - run on a login"
+        " node of a Slurm cluster, start a one-node cluster with .ci/start-slurm, or use `executor` local")
+
+
+@pytest.mark.parametrize("options, message", [
+    (SlurmOptions(gpus=-1), "`gpus` must be 0 or more GPUs per cell, got -1"),
+    (SlurmOptions(cpus=0), "`cpus` must be at least 1 CPU per cell, got 0"),
+    (SlurmOptions(mem_gb=0), "`mem_gb` must be more than 0 GB (or unset for the partition's default), got 0"),
+    (SlurmOptions(time_min=0), "`time_min` must be at least 1 minute per cell, got 0"),
+    (SlurmOptions(extra={"qos=x --wrap": "1"}),
+     "`extra` sbatch parameter 'qos=x --wrap' is not an sbatch option name (e.g. qos, constraint)"),
+])
+def test_bad_slurm_options_are_refused_before_anything_is_submitted(options, message):
+    with pytest.raises(ConfigError) as err:
+        options.check()
+    assert str(err.value) == message
+
+
+def test_slurm_options_as_sbatch_parameters():
+    opts = SlurmOptions(gpus=4, cpus=16, mem_gb=64, partition="gpu", time_min=720, account="lab",
+                        extra={"qos": "high"})
+    assert opts.sbatch_parameters() == {
+        "time": 720, "cpus_per_task": 16, "ntasks_per_node": 1, "gpus_per_node": 4, "mem": "64GB",
+        "partition": "gpu", "account": "lab", "additional_parameters": {"qos": "high"}}
+    assert SlurmOptions(mem_gb=1.5).sbatch_parameters()["mem"] == "1536MB"

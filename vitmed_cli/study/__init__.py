@@ -1,0 +1,1 @@
+"""A study: its file, its matrix of cells, and the executors that run them."""
