@@ -90,13 +90,16 @@ def test_a_command_runs_to_done_with_its_env(kind, tmp_path):
     out, token = tmp_path / "out.txt", uuid.uuid4().hex
     argv = python("import os, time, pathlib; time.sleep(2); "
                   f"pathlib.Path({str(out)!r}).write_text(os.environ['VITMED_CELL_TOKEN']); print('trained')")
+    argv += ["--db", "postgresql+psycopg://vitmed:s3cret@db.example:5432/vitmed"]
     job = ex.submit("toy/dinov2/seed0", argv, log_dir=tmp_path / "logs", env={"VITMED_CELL_TOKEN": token})
     seen = watch(ex, job)
     assert_in_order(seen, "done")
     assert "running" in seen
     assert out.read_text() == token
-    log = (tmp_path / "logs" / "toy_dinov2_seed0.log").read_text().splitlines()
-    assert log[0].startswith(f"== job {job.split('-')[0]} on ") and log[0].endswith(f": {shlex.join(argv)}")
+    log = (tmp_path / "logs" / "toy__dinov2__seed0.log").read_text().splitlines()
+    assert log[0].startswith(f"== job {job.split('-')[0]} on ")
+    # the command line, with the registry URL's password starred
+    assert log[0].endswith(f": {shlex.join(argv[:-2])} --db postgresql+psycopg://vitmed:***@db.example:5432/vitmed")
     assert log[1:] == ["trained"]
     # A later `study run` (a fresh executor over the same folder) reads the same state.
     again = make_executor(kind, tmp_path)

@@ -143,7 +143,7 @@ class CellCommand:
         with open(self.log_path, "ab") as log:
             job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID", "?")
             log.write(f"== job {job} on {os.uname().nodename} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}: "
-                      f"{shlex.join(self.argv)}\n".encode())
+                      f"{_without_passwords(shlex.join(self.argv))}\n".encode())
             log.flush()
             proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
 
@@ -191,7 +191,12 @@ def cell_argv(argv: list[str], gpus: int) -> list[str]:
 
 
 def _safe_name(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_") or "cell"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", key.replace("/", "__")).strip("_") or "cell"
+
+
+def _without_passwords(text: str) -> str:
+    """Database URLs in a command line with their passwords starred (logs are not secret)."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", text)
 
 
 def _paths(folder: Path, job_id: str) -> dict[str, Path]:
