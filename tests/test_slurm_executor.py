@@ -23,6 +23,7 @@ from vitmed_cli.study.slurm import (
     SlurmExecutor,
     SlurmOptions,
     SubmititLocalExecutor,
+    parse_slurm_time,
     state_from_files,
 )
 
@@ -225,3 +226,19 @@ def test_slurm_options_as_sbatch_parameters():
         "time": 720, "cpus_per_task": 16, "ntasks_per_node": 1, "gpus_per_node": 4, "mem": "64GB",
         "partition": "gpu", "account": "lab", "additional_parameters": {"qos": "high"}}
     assert SlurmOptions(mem_gb=1.5).sbatch_parameters()["mem"] == "1536MB"
+
+
+@pytest.mark.parametrize("text, minutes", [
+    ("90", 90), ("1:30", 2), ("04:00:00", 240), ("1-12", 2160), ("1-00:30", 1470), ("2-01:00:01", 2941)])
+def test_slurm_time_limits_in_minutes(text, minutes):
+    assert parse_slurm_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["4h", "", "1:2:3:4"])
+def test_a_time_limit_slurm_would_not_read_is_refused(text):
+    with pytest.raises(ConfigError) as err:
+        parse_slurm_time(text)
+    assert str(err.value) == (f"`time` {text!r} is not a Slurm time limit - use minutes (90), HH:MM:SS (04:00:00)"
+                              " or D-HH:MM:SS (1-12:00:00)")
+    with pytest.raises(ConfigError, match=r"^`time` '00:00' must be at least one minute$"):
+        parse_slurm_time("00:00")

@@ -111,6 +111,29 @@ class SlurmOptions:
         return params
 
 
+def parse_slurm_time(text: str) -> int:
+    """A Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``)
+    in whole minutes, seconds rounded up, as ``time_min`` takes it."""
+    raw = str(text).strip()
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", raw)
+    if m is None:
+        raise ConfigError(f"`time` {raw!r} is not a Slurm time limit - use minutes (90), HH:MM:SS (04:00:00) "
+                          "or D-HH:MM:SS (1-12:00:00)")
+    days, a, b, c = m.group(1), int(m.group(2)), m.group(3), m.group(4)
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = int(days) * 86400 + a * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = a * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # MM:SS
+        seconds = a * 60 + int(b)
+    else:  # MM
+        seconds = a * 60
+    minutes = -(-seconds // 60)
+    if minutes < 1:
+        raise ConfigError(f"`time` {raw!r} must be at least one minute")
+    return minutes
+
+
 class CellCommandFailed(RuntimeError):
     """The cell's command exited with a non-zero status."""
 
