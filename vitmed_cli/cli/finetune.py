@@ -12,7 +12,9 @@ from .. import choices
 from ..choices import Device, Scheduler, UncertainPolicy
 from ..errors import ConfigError
 from ..models import parse_model_kwargs
-from ._common import EventPrinter, JsonOpt, console, err_console, fmt, print_json, print_table, state, want_json
+from ._common import (
+    EventPrinter, JsonOpt, console, err_console, fmt, print_json, print_table, refuse_given, state, want_json,
+)
 
 
 def _names(raw: str | None) -> list[str] | None:
@@ -88,6 +90,10 @@ def finetune(
         raise ConfigError("--dataset is required (or --resume RUN_ID) - see vitmed datasets list")
     from .. import training
 
+    if resume is not None:
+        refuse_given(ctx, keep={"resume", "epochs", "device", "quiet", "json_out"},
+                     why=f"--resume {resume} continues the run with the settings it was started with "
+                     "(only --epochs and --device may change)")
     with EventPrinter(progress=main_rank, quiet=quiet) as on_event:
         if resume is not None:
             result = training.resume(registry, resume, epochs=epochs,

@@ -213,10 +213,11 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
     if not stored:
         raise TrainingError(f"run {run_id} was not made by vitmed finetune - it cannot be resumed")
     target = epochs if epochs is not None else planned
-    if status == "completed" and target > done and resume_removed:
+    if status == "completed" and resume_removed:
         raise TrainingError(
-            f"run {run_id} is completed and its resume.pt was removed to save space - train on from its "
-            f"weights in a new run (`init` run:{run_id}), or keep resume.pt next time (`keep_resume`)"
+            f"run {run_id} is already completed ({done} epochs) and its resume.pt was removed to save "
+            f"space - train on from its weights in a new run (`init` run:{run_id}), or keep resume.pt "
+            "next time (`keep_resume`)"
         )
     if status == "completed" and (epochs is None or target <= done):
         raise TrainingError(
