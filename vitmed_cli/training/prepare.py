@@ -133,6 +133,13 @@ def prepare(session, cfg: TrainConfig) -> Prepared:
             f"finding(s) {', '.join(no_neg)} have no negative images in the train part of split "
             f"{sp.name!r} of dataset {ds.name!r} - use a split with negatives for every finding"
         )
+    val_pos, val_neg = np.nansum(val_y == 1, axis=0), np.nansum(val_y == 0, axis=0)
+    if not np.any((val_pos > 0) & (val_neg > 0)):
+        raise TrainingError(
+            f"no finding has both positive and negative images in the validation part of split "
+            f"{sp.name!r} of dataset {ds.name!r} - the validation macro AUC that chooses the best epoch "
+            "is not defined; make a split with a larger `val` (see vitmed split --help)"
+        )
     mm = np.load(cache, mmap_mode="r")
     if mm.ndim != 3 or mm.dtype != np.uint8:
         raise TrainingError(
