@@ -248,10 +248,13 @@ def test_cli_errors(registry, sqlite_url, tmp_path):
     _one_line_error(run(sqlite_url, "split", "toy", "--export", "nope"),
                     "dataset 'toy' has no split 'nope' (run: vitmed split toy)")
     assert run(sqlite_url, "split", "toy", "--seed", "3").exit_code == 0
-    missing = tmp_path / "missing" / "x.csv"
-    _one_line_error(run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(missing)),
-                    f"cannot write {missing}: No such file or directory - choose a path in an "
-                    "existing, writable folder")
+    missing = tmp_path / "missing" / "x.csv"  # a missing folder is made, as for every output file
+    assert run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(missing)).exit_code == 0
+    assert missing.read_text().startswith("image_key,")
+    (tmp_path / "afile").write_text("")
+    under_file = tmp_path / "afile" / "x.csv"
+    _one_line_error(run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(under_file)),
+                    f"cannot create the folder of --out {under_file}: File exists - choose a writable place")
 
 
 def test_split_of_an_ingested_synthetic_dataset(registry, tmp_path):

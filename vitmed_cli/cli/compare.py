@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._util import format_p as _p
+from .._util import output_file
 from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES
 from ..errors import InputError
 from ..registry.models import MACRO
@@ -54,9 +55,7 @@ def _open_csv(target: str):
     """The --csv output, opened before any computing so a bad path fails first and stores nothing."""
     if target == "-":
         return sys.stdout
-    path = Path(target).expanduser()
-    if path.is_dir():
-        raise InputError(f"--csv {target}: is a folder - give a file name")
+    path = output_file(target, "csv")
     try:
         # append mode checks the path without emptying an existing file; truncated on success
         return open(path, "a", newline="", encoding="utf-8")
