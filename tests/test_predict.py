@@ -116,6 +116,11 @@ def test_cross_dataset_scores_shared_findings_and_names_skipped(trained):
     assert {r[0] for r in rows} == {"Nodule"} and len(rows) == res.n_images
     with reg.session() as s:
         assert s.get(Evaluation, res.evaluation_id).skipped_findings == ["Effusion", "Pneumothorax"]
+    # the report's provenance names the run and the dataset it trained on, not "imported scores"
+    from vitmed_cli.report import build_report, render_html
+
+    page = render_html(build_report(reg, datasets=["other"], n_resamples=20))
+    assert f"run {run_id} (trained on dataset toy)" in page and "no run (imported scores)" not in page
 
 
 def test_cli_predict_json_and_evals_list(trained):
