@@ -97,7 +97,13 @@ def test_threshold_is_chosen_on_the_validation_part(trained):
     from vitmed_cli.stats import youden_threshold
 
     reg, _, run_id = trained
-    val = predict(reg, run_id=run_id, part="val")
+    said = []
+    val = predict(reg, run_id=run_id, part="val", on_event=said.append)
+    assert [e.text for e in said if getattr(e, "level", "") == "warning"] == [
+        "the val part chose the thresholds it is scored with (sensitivity, specificity, accuracy are "
+        "optimistic) and the run's best epoch (so is its AUC) - score the test part for unbiased numbers"]
+    with reg.session() as s:
+        assert s.get(Evaluation, val.evaluation_id).config["threshold_on_scored_part"] is True
     test = predict(reg, run_id=run_id, part="test")
     rows, _ = _stored(reg, val.evaluation_id)
     for f in ("Effusion", "Nodule"):

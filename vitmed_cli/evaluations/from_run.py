@@ -278,7 +278,7 @@ def predict(
         run = get_run(s, run_id)
         ck = run_checkpoint(s, run, checkpoint)
         tgt = _target(s, run, dataset, split, part)
-        init_name = run.init_name
+        init_name, run_dataset_id = run.init_name, run.dataset_id
         left_out = dict((run.config or {}).get("left_out_findings") or {})
     model_findings = list(ck.findings)
     shared = [f for f in model_findings if f in tgt.part.findings]
@@ -322,7 +322,8 @@ def predict(
             config={"checkpoint": ck.role, "checkpoint_sha256": ck.sha256,
                     "threshold_part": "val" if val_scored is not None else None,
                     "model_findings": model_findings, "batch_size": batch_size,
-                    "device": str(dev), "frontal_only": tgt.frontal_only, "undefined": undefined},
+                    "device": str(dev), "frontal_only": tgt.frontal_only, "undefined": undefined,
+                    "threshold_on_scored_part": part == "val"},
         )
         eval_id = store_evaluation(s, ev, metrics=metrics, image_ids=target.image_ids,
                                    finding_ids=target.finding_ids, probabilities=scored.probs,
@@ -332,6 +333,11 @@ def predict(
                           f"{', '.join(map(str, earlier))}; stored another one, {eval_id} (the report and "
                           "compare `init` use the newest; give each its own `name`, or delete the old "
                           "one with vitmed evals delete ID)")
+    if part == "val":
+        own = tgt.dataset_id == run_dataset_id
+        warning(on_event, "the val part chose the thresholds it is scored with (sensitivity, specificity, "
+                          "accuracy are optimistic)" + (" and the run's best epoch (so is its AUC)" if own else "")
+                          + " - score the test part for unbiased numbers")
     return PredictResult(
         evaluation_id=eval_id, run_id=run_id, dataset=tgt.dataset, split=tgt.split, part=part,
         checkpoint=ck.role, n_images=len(target), macro_auc=macro,
