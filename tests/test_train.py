@@ -221,7 +221,7 @@ def test_cli_min_positives_leaves_out_and_records_findings(registry, tmp_path):
 def test_non_findings_are_skipped_by_default_and_findings_picks(registry, tmp_path):
     from vitmed_cli.registry.models import Dataset
 
-    build_dataset(registry, tmp_path, n=60)
+    build_dataset(registry, tmp_path, n=120)  # enough validation images for each finding's AUC
     with registry.session() as s:
         ds = s.scalars(select(Dataset)).one()
         ds.options = {"non_findings": ["Effusion"]}
