@@ -186,3 +186,15 @@ def test_help_says_where_the_defaults_are_not_the_studys():
     assert "the study learned a fixed list per dataset" in text  # --findings
     assert "The study trained 100 epochs." in text and "the study used 30." in text
     assert "--max-rotation" not in text  # the old name still works, unadvertised
+
+
+def test_readme_table_of_defaults_matches_the_code():
+    from vitmed_cli import choices
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"| `--weight-decay` | {choices.DEFAULT_WEIGHT_DECAY:g} | {choices.STUDY_WEIGHT_DECAY:g} |" in readme
+    assert f"| {choices.DEFAULT_ROTATION:g} | {choices.STUDY_ROTATION:g} |" in readme
+    assert f"| `--epochs` | {choices.DEFAULT_EPOCHS} | {choices.STUDY_EPOCHS} " in readme
+    assert f"| `--batch-size` | {choices.DEFAULT_BATCH_SIZE} | {choices.STUDY_BATCH_SIZE} |" in readme
+    for claim in ("the study's recipe", "as in the study's recipe"):
+        assert claim not in readme.lower()

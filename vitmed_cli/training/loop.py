@@ -47,7 +47,7 @@ from .tuning import apply_tuning
 
 class LrLambda:
     """Constant (the study), or linear warm-up over the first 10% of steps then cosine decay
-    (the usual recipe for a ViT trained from scratch); a class so its state saves."""
+    (the usual schedule for a ViT trained from scratch); a class so its state saves."""
 
     WARMUP_FRACTION = 0.1
 
