@@ -248,11 +248,11 @@ def test_compare_checks_the_csv_path_before_computing_or_storing(registry, tmp_p
         write_csv(tmp_path / f"{name}.csv", y, strength, seed=seed)
         ids.append(import_evaluation(registry, tmp_path / f"{name}.csv", dataset="toy", name=name)["evaluation_id"])
     evals = ["--eval", str(ids[0]), "--eval", str(ids[1]), "--n-resamples", "20"]
-    bad = tmp_path / "missing" / "out.csv"
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "out.csv"
     res = invoke(registry, "compare", *evals, "--csv", str(bad))
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert res.stderr.strip() == (f"Error: --csv {bad}: cannot write it (No such file or directory) "
-                                  "- choose a path in an existing, writable folder")
+    assert res.stderr.strip() == f"Error: cannot create the folder of --csv {bad}: File exists - choose a writable place"
     with registry.session() as s:
         assert s.scalar(select(func.count()).select_from(Comparison)) == 0
     # a failed comparison leaves an existing file as it was, and creates no new one

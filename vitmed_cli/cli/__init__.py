@@ -96,6 +96,7 @@ def root(
         Optional[str],
         typer.Option(
             "--db",
+            metavar="URL",
             envvar="VITMED_DB_URL",
             help="Registry URL (sqlite:///PATH or postgresql+psycopg://USER:PW@HOST/DB). "
             "Default: registry.db in the workspace VITMED_HOME (~/.vitmed).",
