@@ -84,12 +84,14 @@ class SlurmOptions:
         if self.cpus < 1:
             raise ConfigError(f"`cpus` must be at least 1 CPU per cell, got {self.cpus}")
         if self.mem_gb is not None and self.mem_gb <= 0:
-            raise ConfigError(f"`mem_gb` must be more than 0 GB (or unset for the partition's default), got {self.mem_gb}")
+            raise ConfigError(f"`mem_gb` must be more than 0 GB (or unset for the partition's default), "
+                              f"got {self.mem_gb}")
         if self.time_min < 1:
             raise ConfigError(f"`time_min` must be at least 1 minute per cell, got {self.time_min}")
         for key, value in self.extra.items():
             if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(key)):
-                raise ConfigError(f"`extra` sbatch parameter {key!r} is not an sbatch option name (e.g. qos, constraint)")
+                raise ConfigError(f"`extra` sbatch parameter {key!r} is not an sbatch option name "
+                                  "(e.g. qos, constraint)")
             if not isinstance(value, str):
                 raise ConfigError(f"`extra` sbatch parameter {key} must be a string, got {value!r}")
 
