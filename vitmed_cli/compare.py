@@ -12,6 +12,7 @@ over a family of stored comparisons (a study, or one dataset of it).
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -344,6 +345,8 @@ def compare(
             refuse_mixed_tuning(pairs)
         aligned = _align_pairs(s, pairs, intersect)
     results = [_pair_result(pa, pb, al, n_resamples, seed, on_event) for (pa, pb), al in zip(pairs, aligned)]
+    for res in results:
+        res["warnings"] += floor_warnings(n_resamples, alpha)
     _adjust(results, alpha)
     options = {
         "part": part, "intersect": intersect, "all_seeds": all_seeds, "alpha": alpha,
@@ -431,6 +434,16 @@ def _pair_result(pa: _Pick, pb: _Pick, al: Aligned, n_resamples: int, seed: int,
     })
     res["warnings"] = pair_warnings(res, n_resamples)
     return res
+
+
+def floor_warnings(n_resamples: int, alpha: float) -> list[str]:
+    """The smallest bootstrap p-value is 2/(B+1): with too few resamples nothing can be significant."""
+    floor = 2 / (n_resamples + 1)
+    if floor <= alpha:
+        return []
+    return [f"with {n_resamples} resamples the smallest possible p-value is {floor:.3g}, above `alpha` "
+            f"{alpha:g}: no difference can come out significant - use `n_resamples` of at least "
+            f"{math.ceil(2 / alpha)} (default {DEFAULT_RESAMPLES})"]
 
 
 def pair_warnings(res: dict[str, Any], n_resamples: int) -> list[str]:
@@ -762,8 +775,8 @@ def _seeds_pair(picks_a: list[_Pick], picks_b: list[_Pick], label_a: str, label_
         "n_seeds_a": len(ids_a), "n_seeds_b": len(ids_b), "over_seeds": over_seeds,
         "per_seed": per_seed_out, "p_delong_reason": SEEDS_NO_DELONG,
     }
-    pair["warnings"] = (pair_warnings(pair, n_resamples) + _seed_warnings(label_a, seeds_a, ids_a)
-                        + _seed_warnings(label_b, seeds_b, ids_b))
+    pair["warnings"] = (pair_warnings(pair, n_resamples) + floor_warnings(n_resamples, alpha)
+                        + _seed_warnings(label_a, seeds_a, ids_a) + _seed_warnings(label_b, seeds_b, ids_b))
     return pair
 
 

@@ -95,7 +95,8 @@ def _render(result: dict) -> None:
         return
     console.print(Text(
         f"{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}); "
-        f"FDR = Benjamini-Hochberg over all pairs x findings; 'better' where FDR p < {result['alpha']}; "
+        f"FDR = Benjamini-Hochberg over all pairs x findings (macro rows: over the pairs); 'better' where "
+        f"FDR p < {result['alpha']}; "
         "macro DeLong p is not defined (DeLong tests one AUC, not an average).", style="dim"))
 
 
