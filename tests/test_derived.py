@@ -303,3 +303,11 @@ def test_two_evaluations_making_one_derived_row_at_once_share_it(any_registry, t
     with registry.session() as s:
         rows = s.scalars(select(Finding).where(Finding.canonical == "nm")).all()
         assert [(r.id, r.native) for r in rows] == [(ids["a"], DERIVED_NATIVE)]
+
+
+def test_derived_names_fit_the_registry(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=60, findings=FINDINGS)
+    long = "n" * 129
+    line = _one_line_error(_invoke(registry, "finetune", "--dataset", "toy", "--no-finding", long, *TINY_ARGS))
+    assert line == ("Error: the no-finding name is 129 characters long; the registry keeps at most 128 - "
+                    "choose a shorter --no-finding (e.g. 'nnnnnnnnnnnnnnnnnnnnnnnn')")
