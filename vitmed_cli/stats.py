@@ -228,7 +228,7 @@ def _index_blocks(n: int, n_resamples: int, seed: int, block: int = _CHUNK) -> I
         done += c
 
 
-def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+def bootstrap_indices(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
     """The resampled image indices ``(n_resamples, n)`` that the bootstrap functions use for ``seed``.
 
     Row b lists the images (with repetition) of resample b; tests and slow
@@ -497,7 +497,7 @@ def paired_bootstrap(
     y_true,
     scores_a,
     scores_b,
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     *,
     indices: np.ndarray | None = None,
@@ -584,7 +584,7 @@ def _summary(full: float, x: np.ndarray, level: float) -> AUCSummary:
 def bootstrap_auc(
     y_true,
     scores,
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     *,
     indices: np.ndarray | None = None,

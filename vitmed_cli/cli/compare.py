@@ -144,7 +144,7 @@ def compare(
     eval_ids: Annotated[Optional[list[int]], typer.Option("--eval", help="An evaluation id. Repeat; may be mixed with --run (runs are listed first, as A).")] = None,
     run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="A run id (its latest evaluation on --part). Repeat.")] = None,
     part: Annotated[Part, typer.Option(help="Split part the evaluations were made on.")] = Part.test,
-    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples.")] = DEFAULT_RESAMPLES,
+    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples; the smallest p-value is 2/(N+1), so p < 0.001 needs 2,000 or more.")] = DEFAULT_RESAMPLES,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     intersect: Annotated[bool, typer.Option(
         "--intersect", help="Compare on the images both evaluations hold (and leave out disputed labels) "
