@@ -310,3 +310,21 @@ def test_paired_bootstrap_seeds_per_seed_on_the_same_resamples():
         stats.paired_bootstrap_seeds(y, sa, sb[:1], n_resamples=20, per_seed=True)
     with pytest.raises(StatsError, match=r"scores_b\[1\]: .*align both"):
         stats.paired_bootstrap_seeds(y, sa, [sb[0], sb[1][:-1]], n_resamples=20)
+
+
+def test_bootstrap_is_exact_beyond_16_bit_counts():
+    # 2**16 images and more: counts and block totals leave uint16 for float32
+    rng = np.random.default_rng(8)
+    n = 70_000
+    y = (rng.random(n) < 0.3).astype(float)
+    a = np.round(y + rng.normal(size=n), 2)  # ties across classes too
+    b = np.round(0.5 * y + rng.normal(size=n), 2)
+    idx = stats.bootstrap_indices(n, 3, seed=2)
+    res = stats.paired_bootstrap(y, a, b, indices=idx)
+    da, db = _slow_bootstrap(y[:, None], a[:, None], b[:, None], idx)
+    d = np.round(da - db, 12)
+    assert res.findings[0].p_value == pytest.approx(_slow_p(d[0]), abs=1e-12)
+    lo, hi = np.quantile(d[0], [0.025, 0.975])
+    assert (res.findings[0].ci_low, res.findings[0].ci_high) == pytest.approx((lo, hi), abs=1e-12)
+    one = stats.bootstrap_auc(y, a, indices=idx).findings[0]
+    assert (one.mean, one.sd) == pytest.approx((da[0].mean(), da[0].std(ddof=1)), abs=1e-12)

@@ -238,16 +238,25 @@ def bootstrap_indices(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 
     return np.concatenate(blocks) if blocks else np.empty((0, n), dtype=np.int64)
 
 
-def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:
-    """How often each image occurs in each resample, as float32 ``(n, c)`` (images x resamples).
+def _count_dtype(n: int) -> type:
+    """The narrowest type that holds every count, block total and cumulative total exactly.
 
-    Counted row by row (each row's scatter stays in cache), then transposed;
-    float32 holds counts and every segment total exactly below 2**23 images.
+    Each of those is at most n (a resample draws n images): uint16 below 2**16
+    images (integer sums vectorise best), float32 below 2**24, float64 above.
     """
-    c = idx.shape[0]
-    flat = idx.astype(np.int64) + (np.arange(c, dtype=np.int64) * n)[:, None]
-    w = np.bincount(flat.ravel(), minlength=n * c).reshape(c, n)
-    return np.ascontiguousarray(w.T, dtype=np.float32 if n < 2**23 else np.float64)
+    return np.uint16 if n < 2**16 else np.float32 if n < 2**24 else np.float64
+
+
+def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each image occurs in each resample, ``(n, c)`` (images x resamples).
+
+    Counted resample by resample (each scatter stays in cache) into the narrow
+    type, then transposed.
+    """
+    w = np.empty((idx.shape[0], n), dtype=_count_dtype(n))
+    for r in range(idx.shape[0]):
+        w[r] = np.bincount(idx[r], minlength=n)
+    return np.ascontiguousarray(w.T)
 
 
 def _segments(pos: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -289,14 +298,17 @@ class _Engine:
     of consecutive scores (see :func:`_segments`); one sparse 0/1 matrix (rows x
     images) turns a block of resample counts into every block's negative and
     positive weight in a single product, and a cumulative sum over the blocks
-    gives the AUC numerator, so no resample is ever sorted.  Segment totals are
-    whole numbers below 2**23, exact in float32; products are taken in float64.
+    gives the AUC numerator, so no resample is ever sorted.  Counts, block totals
+    and their cumulative sums are whole numbers up to n, exact in
+    :func:`_count_dtype`; products are taken in float64.
     """
 
     def __init__(self, y: np.ndarray, models: Sequence[np.ndarray]):
         from scipy import sparse
 
         n, k = y.shape
+        self.pos_rows: list[int] = []
+        self.pos_cols: list[np.ndarray] = []
         rows, cols, parts = [], [], []
         r0 = 0
         for j in range(k):
@@ -304,6 +316,8 @@ class _Engine:
             pos = y[labelled, j] == 1
             if pos.all() or not pos.any():
                 continue  # NaN for every resample
+            self.pos_rows.append(j)
+            self.pos_cols.append(labelled[pos])
             for mi, m in enumerate(models):
                 r, ties, nb = _segments(pos, m[labelled, j])
                 rows.append(r0 + r)
@@ -312,23 +326,31 @@ class _Engine:
                 r0 += 2 * nb
         rr = np.concatenate(rows) if rows else np.empty(0, np.int64)
         cc = np.concatenate(cols) if cols else np.empty(0, np.int64)
-        g = sparse.csr_matrix((np.ones(rr.size, dtype=np.float32), (rr, cc)), shape=(max(r0, 1), n))
+        dtype = _count_dtype(n)
+        g = sparse.csr_matrix((np.ones(rr.size, dtype=dtype), (rr, cc)), shape=(max(r0, 1), n))
         # one row slice per finding and model: its product stays in cache
         self.parts = [(j, mi, g[r0 : r0 + 2 * nb], nb, ties) for j, mi, r0, nb, ties in parts]
         self.k, self.n_models = k, len(models)
+        # the positives' weight per finding, shared by every model
+        pr = np.repeat(np.arange(len(self.pos_cols)), [c.size for c in self.pos_cols])
+        pc = np.concatenate(self.pos_cols) if self.pos_cols else np.empty(0, np.int64)
+        self.pos_g = sparse.csr_matrix((np.ones(pc.size, dtype=dtype), (pr, pc)),
+                                       shape=(max(len(self.pos_cols), 1), n))
+        self.pos_index = {j: i for i, j in enumerate(self.pos_rows)}
 
     def aucs(self, wt: np.ndarray) -> np.ndarray:
         """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate."""
         c = wt.shape[1]
         out = np.full((self.n_models, self.k, c), np.nan)
+        pos_total = (self.pos_g @ wt).astype(np.float64)  # (findings with both classes, c)
         for j, mi, g, nb, ties in self.parts:
             tot = g @ wt  # (2 * nb, c): negatives of each block, then positives
             neg, pos = tot[:nb], tot[nb:]
-            upto = np.cumsum(neg, axis=0)  # negatives in blocks <= b
+            upto = np.cumsum(neg, axis=0, dtype=tot.dtype)  # negatives in blocks <= b
             num2 = 2.0 * np.einsum("ij,ij->j", pos, upto, dtype=np.float64)
             if ties.size:  # a tie counts 1/2, not 1
                 num2 -= np.einsum("ij,ij->j", pos[ties], neg[ties], dtype=np.float64)
-            den = upto[-1].astype(np.float64) * pos.sum(axis=0, dtype=np.float64)
+            den = upto[-1].astype(np.float64) * pos_total[self.pos_index[j]]
             ok = den > 0
             out[mi, j, ok] = num2[ok] / (2.0 * den[ok])
         return out
