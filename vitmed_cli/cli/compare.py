@@ -85,11 +85,14 @@ def _render(result: dict) -> None:
     if seeds:
         family = ("the findings of this comparison (macro row on its own)" if len(result["pairs"]) == 1
                   else "all pairs x findings of this call (macro rows over the pairs)")
+        per_seed = any(p.get("per_seed") for p in result["pairs"])
         console.print(Text(
             f"{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}), each drawing the "
             "test images once for every seed of both inits; AUC = mean ± SD over seeds (SD with ddof=1; "
-            "bootstrap SDs in --json); p-values test the difference of the seed means; "
-            f"FDR = Benjamini-Hochberg over {family}; 'better' where FDR p < {result['alpha']}; "
+            "bootstrap SDs in --json); p-values test the difference of the seed means"
+            + ("; p seed s: seed s of A against seed s of B on the same resamples, not adjusted"
+               if per_seed else "")
+            + f". FDR family: {family}, Benjamini-Hochberg; 'better' where FDR p < {result['alpha']}; "
             "no DeLong p (it tests two single models, not means over seeds).", style="dim"))
         return
     console.print(Text(
