@@ -241,15 +241,16 @@ def test_paired_bootstrap_seeds_matches_a_direct_loop():
     y, _, _ = _data(n=140, k=3, seed=21, prevalence=(0.08, 0.3, 0.6))
     y[::6, 1] = np.nan
     sa, sb = _seed_scores(y, 3, 0.9, seed=1), _seed_scores(y, 2, 0.5, seed=2)
-    idx = stats.bootstrap_indices(len(y), 100, seed=5)
-    res = stats.paired_bootstrap_seeds(y, sa, sb, n_resamples=100, seed=5)
+    # 102 resamples: not a multiple of 4, the unpacked cumulative sum (the paired test packs)
+    idx = stats.bootstrap_indices(len(y), 102, seed=5)
+    res = stats.paired_bootstrap_seeds(y, sa, sb, n_resamples=102, seed=5)
     assert stats.paired_bootstrap_seeds(y, sa, sb, indices=idx).macro == res.macro
     ba, bb = _slow_seed_aucs(y, sa, idx), _slow_seed_aucs(y, sb, idx)  # (S, k, B)
     # each resample: the seed-mean AUC of A minus that of B, on the same images
     d = ba.mean(axis=0) - bb.mean(axis=0)
     full_a = np.array([[_sk_auc(y[:, j], s[:, j]) for j in range(3)] for s in sa])
     full_b = np.array([[_sk_auc(y[:, j], s[:, j]) for j in range(3)] for s in sb])
-    assert res.n_seeds_a == 3 and res.n_seeds_b == 2 and res.n_resamples == 100
+    assert res.n_seeds_a == 3 and res.n_seeds_b == 2 and res.n_resamples == 102
     for j, f in enumerate(res.findings):
         assert f.auc_a == pytest.approx(full_a[:, j].mean(), abs=1e-12)
         assert f.auc_b == pytest.approx(full_b[:, j].mean(), abs=1e-12)
