@@ -171,6 +171,7 @@ def test_cli_compare_over_seeds_json_and_table(registry):
     table = _invoke(registry, *args)
     assert table.exit_code == 0, table.output
     text = " ".join(table.stdout.split())
+    print("TABLE", table.stdout)
     m = pair["macro"]
     assert f"{m['auc_a']:.3f} ± {m['sd_a']:.3f}" in text
     assert "dinov2 (A, 3 seeds: 0, 1, 2, tune all) vs imagenet (B, 3 seeds: 0, 1, 2, tune all)" in text

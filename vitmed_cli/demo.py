@@ -62,7 +62,7 @@ class DemoSettings:
     scheduler: str = "cosine"
     # Flips as in the study, but no rotation: the synthetic images have no pose variation to
     # learn invariance to, and at 64 px a rotation costs the tiny ViT most of its signal.
-    max_rotation: float = 0.0
+    rotation: float = 0.0
     seed: int = 0
     n_resamples: int = DEFAULT_RESAMPLES
     arch: str = "vit_tiny_patch16_224"
@@ -118,7 +118,7 @@ def run_demo(
     registry: Registry = open_registry(url, home=out_dir)
     started = time.perf_counter()
     common = dict(arch=s.arch, image_size=s.image_size, batch_size=s.batch_size, lr=s.lr,
-                  scheduler=s.scheduler, max_rotation=s.max_rotation,
+                  scheduler=s.scheduler, rotation=s.rotation,
                   seed=s.seed, device="auto", model_kwargs=dict(s.model_kwargs), on_event=on_event)
     try:
         notice(on_event, "1/5 ingest two synthetic datasets and split them by patient")

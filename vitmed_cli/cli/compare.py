@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._util import format_p as _p
+from .._util import output_file
 from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES
 from ..errors import InputError
 from ..registry.models import MACRO
@@ -97,7 +98,8 @@ def _render(result: dict) -> None:
         return
     console.print(Text(
         f"{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}); "
-        f"FDR = Benjamini-Hochberg over all pairs x findings; 'better' where FDR p < {result['alpha']}; "
+        f"FDR = Benjamini-Hochberg over all pairs x findings (macro rows: over the pairs); 'better' where "
+        f"FDR p < {result['alpha']}; "
         "macro DeLong p is not defined (DeLong tests one AUC, not an average).", style="dim"))
 
 
@@ -113,9 +115,7 @@ def _open_csv(target: str):
     """The --csv output, opened before any computing so a bad path fails first and stores nothing."""
     if target == "-":
         return sys.stdout
-    path = Path(target).expanduser()
-    if path.is_dir():
-        raise InputError(f"--csv {target}: is a folder - give a file name")
+    path = output_file(target, "csv")
     try:
         # append mode checks the path without emptying an existing file; truncated on success
         return open(path, "a", newline="", encoding="utf-8")
