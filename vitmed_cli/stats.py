@@ -383,8 +383,8 @@ def _bootstrap_aucs(
 
     The indices are drawn in order from one stream (as :func:`bootstrap_indices`
     returns them); blocks of resamples are counted and scored on a thread pool
-    (bincount, the sparse product, cumsum and einsum release the GIL), with at
-    most two blocks per thread in flight.
+    (the sparse products and numpy's array loops run without the GIL), with at
+    most two blocks per thread in flight, so memory stays a few blocks of counts.
     """
     n, k = y.shape
     if indices is not None:
