@@ -12,6 +12,7 @@ over a family of stored comparisons (a study, or one dataset of it).
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -344,6 +345,8 @@ def compare(
             refuse_mixed_tuning(pairs)
         aligned = _align_pairs(s, pairs, intersect)
     results = [_pair_result(pa, pb, al, n_resamples, seed, on_event) for (pa, pb), al in zip(pairs, aligned)]
+    for res in results:
+        res["warnings"] += floor_warnings(n_resamples, alpha)
     _adjust(results, alpha)
     options = {
         "part": part, "intersect": intersect, "all_seeds": all_seeds, "alpha": alpha,
@@ -382,7 +385,7 @@ def _compare_inits_over_seeds(registry: Registry, *, dataset: str | None, inits:
         labels = [_tuned(init, g[0].tune) for init, g in zip(inits, groups)]
         dataset_id, part_, arrays = _load_seed_groups(s, groups, allow_mixed_tuning)
     pairs = [_seeds_pair(groups[i], groups[j], labels[i], labels[j], arrays, n_resamples, seed, per_seed,
-                         on_event)
+                         on_event, alpha=alpha)
              for i, j in itertools.combinations(range(len(groups)), 2)]
     one = len(pairs) == 1
     return _finish_seeds(registry, pairs, dataset_id=dataset_id, part=part_, n_resamples=n_resamples,
@@ -431,6 +434,16 @@ def _pair_result(pa: _Pick, pb: _Pick, al: Aligned, n_resamples: int, seed: int,
     })
     res["warnings"] = pair_warnings(res, n_resamples)
     return res
+
+
+def floor_warnings(n_resamples: int, alpha: float) -> list[str]:
+    """The smallest bootstrap p-value is 2/(B+1): with too few resamples nothing can be significant."""
+    floor = 2 / (n_resamples + 1)
+    if floor <= alpha:
+        return []
+    return [f"with {n_resamples} resamples the smallest possible p-value is {floor:.3g}, above `alpha` "
+            f"{alpha:g}: no difference can come out significant - use `n_resamples` of at least "
+            f"{math.ceil(2 / alpha)} (default {DEFAULT_RESAMPLES})"]
 
 
 def pair_warnings(res: dict[str, Any], n_resamples: int) -> list[str]:
@@ -673,7 +686,8 @@ def compare_over_seeds(
     with registry.session(readonly=True) as s:
         groups = [_seed_picks(s, ids_a, label_a), _seed_picks(s, ids_b, label_b)]
         dataset_id, part, arrays = _load_seed_groups(s, groups, allow_mixed_tuning)
-    pair = _seeds_pair(groups[0], groups[1], label_a, label_b, arrays, n_resamples, seed, per_seed, on_event)
+    pair = _seeds_pair(groups[0], groups[1], label_a, label_b, arrays, n_resamples, seed, per_seed, on_event,
+                       alpha=alpha)
     return _finish_seeds(registry, [pair], dataset_id=dataset_id, part=part, n_resamples=n_resamples,
                          seed=seed, alpha=alpha, allow_mixed_tuning=allow_mixed_tuning,
                          group_id=group_id, fdr_method=SEEDS_FDR_METHOD, fdr_family="comparison")
@@ -704,7 +718,7 @@ def _load_seed_groups(session, groups: list[list[_Pick]], allow_mixed_tuning: bo
 
 def _seeds_pair(picks_a: list[_Pick], picks_b: list[_Pick], label_a: str, label_b: str,
                 arrays: dict[int, EvalArrays], n_resamples: int, seed: int, per_seed: bool,
-                on_event: Listener | None) -> dict[str, Any]:
+                on_event: Listener | None, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
     """The pooled-seeds statistics of A against B as a pair dict (not yet adjusted or stored)."""
     ids_a, ids_b = [p.evaluation_id for p in picks_a], [p.evaluation_id for p in picks_b]
     al = align_seed_evaluations([arrays[i] for i in ids_a + ids_b])
@@ -762,8 +776,8 @@ def _seeds_pair(picks_a: list[_Pick], picks_b: list[_Pick], label_a: str, label_
         "n_seeds_a": len(ids_a), "n_seeds_b": len(ids_b), "over_seeds": over_seeds,
         "per_seed": per_seed_out, "p_delong_reason": SEEDS_NO_DELONG,
     }
-    pair["warnings"] = (pair_warnings(pair, n_resamples) + _seed_warnings(label_a, seeds_a, ids_a)
-                        + _seed_warnings(label_b, seeds_b, ids_b))
+    pair["warnings"] = (pair_warnings(pair, n_resamples) + floor_warnings(n_resamples, alpha)
+                        + _seed_warnings(label_a, seeds_a, ids_a) + _seed_warnings(label_b, seeds_b, ids_b))
     return pair
 
 

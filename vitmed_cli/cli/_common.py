@@ -45,6 +45,12 @@ def _console(stderr: bool = False) -> Console:
 console = _console()
 err_console = _console(stderr=True)
 
+
+def fit_width() -> None:
+    """Size both consoles for the streams of this command (not those seen when vitmed was imported)."""
+    console.width = piped_width(sys.stdout)
+    err_console.width = piped_width(sys.stderr)
+
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 DatasetArg = Annotated[str, typer.Argument(metavar="NAME", help="Dataset name, as given to vitmed ingest --name.",
                                            show_default=False)]
