@@ -102,6 +102,8 @@ def test_a_command_runs_to_done_with_its_env(kind, tmp_path):
     # the command line, with the registry URL's password starred
     assert log[0].endswith(f": {shlex.join(argv[:-2])} --db postgresql+psycopg://vitmed:***@db.example:5432/vitmed")
     assert log[1:] == ["trained"]
+    # the job's pickle holds its environment (a registry password, say): the folder is private
+    assert (tmp_path / "jobs").stat().st_mode & 0o777 == 0o700
     # A later `study run` (a fresh executor over the same folder) reads the same state.
     again = make_executor(kind, tmp_path)
     assert again.state(job) == "done"

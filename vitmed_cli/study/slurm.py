@@ -263,6 +263,15 @@ def state_from_files(folder: Path, job_id: str) -> str:
     return "unknown"
 
 
+def _private_folder(folder: str | Path) -> Path:
+    """The jobs' folder, readable by this user alone: a job's pickle holds its environment,
+    the registry URL with its password among it."""
+    path = Path(folder).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     """``cmd``'s outcome; a Slurm command that is missing or hangs reads as a failed call."""
     try:
@@ -295,7 +304,7 @@ class SlurmExecutor:
                 f"`executor` slurm needs Slurm's commands on PATH (missing: {', '.join(missing)}) - "
                 "run on a login node of a Slurm cluster, start a one-node cluster with .ci/start-slurm, "
                 "or use `executor` local")
-        self.folder = Path(folder).expanduser().absolute()
+        self.folder = _private_folder(folder)
         self._job_folder = self.folder / "%j"
         self._submitit = submitit.SlurmExecutor(folder=self._job_folder)
 
@@ -353,7 +362,7 @@ class SubmititLocalExecutor:
     def __init__(self, folder: str | Path = "local-jobs", gpus: int = 0) -> None:
         if gpus < 0:
             raise ConfigError(f"`gpus` must be 0 or more GPUs per cell, got {gpus}")
-        self.folder = Path(folder).expanduser().absolute()
+        self.folder = _private_folder(folder)
         self.gpus = gpus
         self._procs: dict[str, subprocess.Popen] = {}
 
