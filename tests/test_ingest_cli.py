@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,22 +31,6 @@ def _one_line_error(result) -> str:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
-
-
-@pytest.fixture
-def csv_dataset(tmp_path) -> Path:
-    folder = tmp_path / "mydata"
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for i in range(6):
-        name = f"img/{i:03d}.png"
-        PILImage.fromarray(np.full((40, 30), 20 * i, dtype=np.uint8)).save(folder / name)
-        rows.append({"path": name, "patient_id": f"P{i // 2}", "view": "PA" if i != 5 else "LATERAL",
-                     "sex": "F", "age": 50 + i, "Cardiomegaly": i % 2, "Effusion": "" if i == 0 else (-1 if i == 3 else 0),
-                     "comment": "free text"})
-    (folder / "img" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
-    return folder / "labels.csv"
 
 
 def _counts(registry) -> tuple[int, int, int, int]:

@@ -28,6 +28,16 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def format_bytes(n: int | float) -> str:
+    """A size as people read it: 512 B, 3.2 MB, 41.7 GB (decimal units, as disks are sold)."""
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover - the loop returns
+
+
 def format_p(value: float | None) -> str:
     """A p-value as tables show it: '<0.001', three decimals, or '-' when undefined."""
     value = finite_or_none(value)

@@ -25,11 +25,20 @@ Decoding per source kind:
 Large images are box-averaged by an integer factor before the final resize.
 Ingest runs over worker processes that write straight into the memmap by row,
 so no pixels travel back through pickling.
+
+Disk space: the cache's size is known before the first image is decoded, so
+:func:`ensure_cache` checks the free space and then reserves the file's blocks
+(``posix_fallocate``): a disk that fills up is an error naming the file and the
+space, never a SIGBUS in the middle of a write.  A worker process that dies
+anyway ends :func:`fill_cache` with an error at once (the pool notices the dead
+process) instead of waiting for it forever.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -37,8 +46,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .dicom import box_reduce, decode_dicom, is_dicom, reduce_factor
-from .._util import first_line
-from ..errors import InputError
+from .._util import first_line, format_bytes
+from ..errors import InputError, StorageError
 
 
 def fit_square(image, size: int) -> np.ndarray:
@@ -118,9 +127,63 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
 # --- the cache -------------------------------------------------------------
 
+NPY_HEADER_BYTES = 128  # numpy's .npy header for a 3-d uint8 array
+
+
+def _allocated(path: Path) -> int:
+    """Bytes of ``path`` already on disk (a memmap file is sparse until written)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0
+    return min(st.st_size, getattr(st, "st_blocks", 0) * 512)
+
+
+def _no_space(path: Path, needed: int, free: int) -> StorageError:
+    return StorageError(
+        f"not enough disk space for the image cache {path}: it needs {format_bytes(needed)} more and "
+        f"{path.parent} has {format_bytes(free)} free - free space there (or move the workspace, "
+        "VITMED_HOME, to a larger disk), then run the same ingest again: it resumes where it stopped"
+    )
+
+
+def check_space(path: Path, n_bytes: int) -> None:
+    """Refuse, before anything is written, a file of ``n_bytes`` that its disk cannot hold
+    (the blocks ``path`` already has count as held)."""
+    path = Path(path)
+    needed = n_bytes - _allocated(path)
+    if needed <= 0:
+        return
+    free = shutil.disk_usage(path.parent).free
+    if needed > free:
+        raise _no_space(path, needed, free)
+
+
+def _reserve(path: Path) -> None:
+    """Give the file its blocks now, so writing a row never meets a full disk (SIGBUS)."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # macOS, Windows: the free-space check stands alone
+        return
+    n_bytes = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fallocate(fd, 0, n_bytes)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, n_bytes - _allocated(path), shutil.disk_usage(path.parent).free) from exc
+        # a file system without fallocate: the free-space check stands alone
+    finally:
+        os.close(fd)
+
+
+def cache_bytes(n_rows: int, size: int) -> int:
+    """The size of a cache file of ``n_rows`` images of ``size`` x ``size``."""
+    return NPY_HEADER_BYTES + max(n_rows, 1) * size * size
+
 
 def ensure_cache(path: Path, n_rows: int, size: int) -> bool:
-    """Create the cache file, or grow it to ``n_rows`` keeping its rows.
+    """Create the cache file, or grow it to ``n_rows`` keeping its rows; its disk space is checked
+    and reserved first (:class:`StorageError` naming the file and the space when it does not fit).
 
     Returns True when earlier rows were kept, False when the file is new (so
     every image must be decoded again).
@@ -134,9 +197,14 @@ def ensure_cache(path: Path, n_rows: int, size: int) -> bool:
             old = None  # a torn file from a crash: start again, rows are re-decoded
         if old is not None and old.dtype == np.uint8 and old.shape[1:] == (size, size):
             if old.shape[0] >= n_rows:
+                del old
+                check_space(path, path.stat().st_size)
+                _reserve(path)
                 return True
             tmp = path.with_suffix(".grow.npy")
+            check_space(tmp, cache_bytes(n_rows, size))
             new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_rows, size, size))
+            _reserve(tmp)
             step = 4096
             for start in range(0, old.shape[0], step):
                 stop = min(start + step, old.shape[0])
@@ -146,9 +214,12 @@ def ensure_cache(path: Path, n_rows: int, size: int) -> bool:
             os.replace(tmp, path)
             return True
         del old
+        path.unlink()  # a torn or differently shaped file: its blocks do not count as free
+    check_space(path, cache_bytes(n_rows, size))
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(n_rows, 1), size, size))
     mm.flush()
     del mm
+    _reserve(path)
     return False
 
 
@@ -237,19 +308,52 @@ def fill_cache(
             _WORKER.clear()
         return done
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(str(cache_path), size)) as pool:
-        for results in pool.imap_unordered(_decode_chunk, _chunks(tasks, chunk_size)):
-            done += len(results)
-            if on_results:
-                on_results(results)
+    n_workers = min(workers, len(tasks))
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of memory, a
+    # decoder that crashes) breaks the pool at once, where Pool would wait for its chunk forever
+    pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method), initializer=_init_worker,
+                               initargs=(str(cache_path), size))
+    chunks = iter(_chunks(tasks, chunk_size))
+    running: set = set()
+    try:
+        while True:
+            while len(running) < 4 * n_workers:  # a few chunks ahead of each worker, not all of them
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                running.add(pool.submit(_decode_chunk, chunk))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results = future.result()
+                done += len(results)
+                if on_results:
+                    on_results(results)
+    except BrokenProcessPool as exc:
+        raise _worker_died(Path(cache_path)) from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return done
+
+
+def _worker_died(path: Path) -> StorageError:
+    free = shutil.disk_usage(path.parent).free
+    return StorageError(
+        f"a decoding process died while writing the image cache {path} ({path.parent} has "
+        f"{format_bytes(free)} free) - the images cached so far are kept: run the same ingest again to "
+        "resume, with `workers` 1 to see the file that fails"
+    )
 
 
 __all__ = [
     "CacheResult",
+    "cache_bytes",
+    "check_space",
     "decode_image",
     "ensure_cache",
     "fill_cache",
