@@ -9,6 +9,7 @@ import shutil
 from collections import namedtuple
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -96,3 +97,111 @@ def test_a_decoding_process_that_dies_ends_the_ingest_with_one_line(
     with registry.session() as s:
         rows = dict(s.execute(select(Image.key, Image.cache_index)).all())
     assert int(cached[rows["img/003.png"]][16, 16]) == 60 and int(cached[rows["img/004.png"]][16, 16]) == 80
+
+
+# --- #3 images that claim to be huge; decoder errors by their cause ------------------------------
+
+
+def _rle_dicom(path, rows: int, cols: int) -> None:
+    """An RLE Lossless DICOM declaring rows x cols 16-bit pixels with a few bytes of pixel data."""
+    from pydicom.dataset import Dataset as DicomDataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = RLELossless
+    ds = DicomDataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    # an RLE header with one segment (16-bit data needs two) and a two-byte segment
+    ds.PixelData = encapsulate([(1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56) + b"\x00\x00"])
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _png_claiming(path, width: int, height: int) -> None:
+    """A valid 8 x 8 PNG whose header (IHDR, CRC fixed) claims width x height."""
+    import struct
+    import zlib
+
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+
+
+def test_images_declaring_too_many_pixels_are_refused_before_decoding(sqlite_url, make_registry, tmp_path,
+                                                                    monkeypatch):
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    _rle_dicom(folder / "bomb.dcm", 40000, 40000)
+    _png_claiming(folder / "bomb.png", 50000, 40000)
+    PILImage.fromarray(np.full((40, 30), 90, dtype=np.uint8)).save(folder / "ok.png")
+    assert (folder / "bomb.dcm").stat().st_size < 1000
+    (folder / "labels.csv").write_text("path,Cardiomegaly\nbomb.dcm,1\nbomb.png,0\nok.png,1\n")
+    import pydicom.dataset
+
+    def decoded(self):
+        raise AssertionError("pixel data decoded")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(decoded))
+    result = _invoke(sqlite_url, "ingest", "csv", str(folder / "labels.csv"), "--name", "bombs", "--image-size",
+                     "32", "--workers", "1", "--no-progress", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["n_images"], out["n_ingested"], out["n_unreadable"]) == (3, 1, 2)
+    with make_registry(sqlite_url).session() as s:
+        errors = dict(s.execute(select(Image.key, Image.error)).all())
+    assert errors["bomb.dcm"] == (
+        f"ImageTooLarge: {folder / 'bomb.dcm'}: declares 40000 x 40000 = 1,600,000,000 pixels, more than "
+        "`max_pixels` (89,478,485) - refused before decoding (a damaged header or a decompression bomb); "
+        "raise `max_pixels` if the image is real"
+    )
+    assert errors["bomb.png"].startswith(
+        f"ImageTooLarge: {folder / 'bomb.png'}: declares 50000 x 40000 = 2,000,000,000 pixels, more than "
+        "`max_pixels` (89,478,485)")
+    assert errors["ok.png"] is None
+    # the table names the option as the command line spells it
+    table = _invoke(sqlite_url, "ingest", "csv", str(folder / "labels.csv"), "--name", "bombs", "--image-size",
+                    "32", "--workers", "1", "--no-progress")
+    assert table.exit_code == 0, table.output
+    assert "raise --max-pixels if the image is real" in " ".join(table.stdout.split())
+    # the limit is the option's: 40 x 30 = 1200 pixels pass at 1200 and are refused at 1199
+    assert _invoke(sqlite_url, "ingest", "csv", str(folder / "labels.csv"), "--name", "small", "--image-size",
+                   "32", "--workers", "1", "--no-progress", "--max-pixels", "1199").exit_code == 1
+    with make_registry(sqlite_url).session() as s:
+        small = s.scalar(select(Dataset.id).where(Dataset.name == "small"))
+        ok_error = s.scalar(select(Image.error).where(Image.dataset_id == small, Image.key == "ok.png"))
+    assert ok_error.startswith(f"ImageTooLarge: {folder / 'ok.png'}: declares 30 x 40 = 1,200 pixels")
+    assert cache_mod.decode_image(folder / "ok.png", 32, max_pixels=1200)[0][16, 16] == 90
+
+
+def test_default_limit_is_pillows_and_decoder_errors_name_their_cause(tmp_path):
+    from PIL import Image as PILImage
+
+    from vitmed_cli.choices import DEFAULT_MAX_PIXELS
+    from vitmed_cli.datasets.dicom import DicomError, decode_dicom
+
+    assert DEFAULT_MAX_PIXELS == PILImage.MAX_IMAGE_PIXELS
+    _rle_dicom(tmp_path / "rle.dcm", 100, 100)  # small enough to decode: the data is what is wrong
+    with pytest.raises(DicomError) as info:
+        decode_dicom(tmp_path / "rle.dcm")
+    message = str(info.value)
+    assert message == (
+        f"{tmp_path / 'rle.dcm'}: cannot decode RLE Lossless pixel data (pydicom: The number of RLE segments in "
+        "the pixel data doesn't match the expected amount (1 vs. 2 segments)) - the pixel data is damaged or "
+        "does not match the header"
+    )
+    assert "pip install" not in message

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .dicom import box_reduce, decode_dicom, is_dicom, reduce_factor
+from .dicom import DEFAULT_MAX_PIXELS, box_reduce, decode_dicom, is_dicom, reduce_factor, too_large
 from .._util import first_line, format_bytes
 from ..errors import InputError, StorageError
 
@@ -79,10 +79,27 @@ def _invert(image):
     return 255 - np.asarray(image, dtype=np.uint8)
 
 
-def _decode_pil(path: str, size: int, invert: bool = False) -> np.ndarray:
+def _open_pil(path: str, max_pixels: int | None):
+    """The image with its header read and no pixel decoded; refused when it declares more than
+    ``max_pixels`` (vitmed's limit replaces Pillow's, which would refuse above twice its own)."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        img = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    w, h = img.size
+    if max_pixels is not None and w * h > max_pixels:
+        img.close()
+        raise too_large(path, f"{w} x {h}", w * h, max_pixels)
+    return img
+
+
+def _decode_pil(path: str, size: int, invert: bool = False,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    with _open_pil(path, max_pixels) as img:
         if img.format == "JPEG":
             img.draft("L", (size, size))
         img.load()
@@ -104,20 +121,22 @@ def _decode_pil(path: str, size: int, invert: bool = False) -> np.ndarray:
         return fit_square(_invert(img) if invert else img, size)
 
 
-def decode_image(path: str | os.PathLike, size: int, *, invert: bool = False) -> tuple[np.ndarray, bool]:
+def decode_image(path: str | os.PathLike, size: int, *, invert: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, bool]:
     """(``size`` x ``size`` uint8 image, was_inverted) for a DICOM, PNG or JPEG file.
 
     ``invert``: the caller knows this file keeps MONOCHROME1 values (bright
     air), e.g. a PadChest PNG whose source DICOM was MONOCHROME1; it is
-    inverted before the black padding is added.
+    inverted before the black padding is added.  ``max_pixels``: a file whose header
+    declares more pixels is refused before decoding (:class:`~vitmed_cli.datasets.dicom.ImageTooLarge`).
     """
     path = str(path)
     if is_dicom(path):
-        image, inverted = decode_dicom(path, reduce_to=size)
+        image, inverted = decode_dicom(path, reduce_to=size, max_pixels=max_pixels)
         if invert:
             image, inverted = _invert(image), not inverted
         return fit_square(image, size), inverted
-    return _decode_pil(path, size, invert), invert
+    return _decode_pil(path, size, invert, max_pixels), invert
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -241,9 +260,10 @@ class CacheResult:
 _WORKER: dict = {}
 
 
-def _init_worker(cache_path: str, size: int) -> None:
+def _init_worker(cache_path: str, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
     _WORKER["cache"] = np.load(cache_path, mmap_mode="r+")
     _WORKER["size"] = size
+    _WORKER["max_pixels"] = max_pixels
 
 
 def _one_line(exc: BaseException) -> str:
@@ -252,13 +272,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _decode_chunk(chunk: Sequence[tuple[int, int, str]]) -> list[CacheResult]:
-    cache, size = _WORKER["cache"], _WORKER["size"]
+    cache, size, max_pixels = _WORKER["cache"], _WORKER["size"], _WORKER["max_pixels"]
     out: list[CacheResult] = []
     for image_id, row, path, *flags in chunk:
         try:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"image file not found: {path}")
-            pixels, inverted = decode_image(path, size, invert=bool(flags and flags[0]))
+            pixels, inverted = decode_image(path, size, invert=bool(flags and flags[0]),
+                                            max_pixels=max_pixels)
             cache[row] = pixels
             out.append(CacheResult(image_id, row, None, inverted))
         except Exception as exc:  # noqa: BLE001 - any bad file is recorded and skipped
@@ -279,13 +300,15 @@ def fill_cache(
     workers: int | None = None,
     on_results: Callable[[list[CacheResult]], None] | None = None,
     chunk_size: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> int:
     """Decode ``(image_id, row, path[, invert])`` tasks into the cache; returns how many were done.
 
     ``workers`` processes (default: all CPUs) each map the cache file and write
     their rows; ``on_results`` receives each finished chunk (for the registry
     update and the progress bar).  One worker, or a handful of images, runs in
-    this process.
+    this process.  A file declaring more than ``max_pixels`` pixels is recorded as
+    unreadable without being decoded.
     """
     tasks = list(tasks)
     if not tasks:
@@ -296,7 +319,7 @@ def fill_cache(
     chunk_size = chunk_size or max(1, min(64, len(tasks) // (workers * 4) or 1))
     done = 0
     if workers == 1 or len(tasks) <= 2:
-        _init_worker(str(cache_path), size)
+        _init_worker(str(cache_path), size, max_pixels)
         try:
             for chunk in _chunks(tasks, chunk_size):
                 results = _decode_chunk(chunk)
@@ -316,7 +339,7 @@ def fill_cache(
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of memory, a
     # decoder that crashes) breaks the pool at once, where Pool would wait for its chunk forever
     pool = ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method), initializer=_init_worker,
-                               initargs=(str(cache_path), size))
+                               initargs=(str(cache_path), size, max_pixels))
     chunks = iter(_chunks(tasks, chunk_size))
     running: set = set()
     try:

@@ -21,7 +21,7 @@ import pandas as pd
 from sqlalchemy import bindparam, func, select
 
 from .._util import atomic_write
-from ..choices import DEFAULT_IMAGE_SIZE, Format, LabelPolicy
+from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, Format, LabelPolicy
 from ..errors import AlreadyExists, ConfigError, InputError
 from ..events import Listener, progress
 from ..registry.db import Registry
@@ -253,6 +253,7 @@ def build_cache(
     workers: int | None = None,
     invert_keys: set[str] | frozenset[str] = frozenset(),
     on_event: Listener | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Decode every image not yet cached into the dataset's cache; resumable.
 
@@ -311,7 +312,7 @@ def build_cache(
     if tasks:
         progress(on_event, task, 0, len(tasks))
     try:
-        fill_cache(cache_path, tasks, size, workers=workers, on_results=on_results)
+        fill_cache(cache_path, tasks, size, workers=workers, on_results=on_results, max_pixels=max_pixels)
     finally:
         flush()
     return stats
@@ -325,6 +326,7 @@ def build_size_cache(
     workers: int | None = None,
     invert_keys: set[str] | frozenset[str] = frozenset(),
     on_event: Listener | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """A second cache of the dataset at ``size`` px, row for row with its own; resumable.
 
@@ -366,7 +368,7 @@ def build_size_cache(
         progress(on_event, task, stats["n_done"], len(tasks))
 
     try:
-        fill_cache(path, tasks, size, workers=workers, on_results=on_results)
+        fill_cache(path, tasks, size, workers=workers, on_results=on_results, max_pixels=max_pixels)
     finally:
         save_mask()
     complete = bool(all(done[row] for _, row, _, _ in rows))
@@ -457,6 +459,7 @@ def ingest_dataset(
     image_size: int = DEFAULT_IMAGE_SIZE,
     workers: int | None = None,
     on_event: Listener | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     **format_options: Any,
 ) -> IngestSummary:
     """Register a dataset from its downloaded layout and fill its image cache.
@@ -466,7 +469,8 @@ def ingest_dataset(
     ingest resumes where it stopped when run again with the same arguments.
     Ingesting a registered dataset again at another ``image_size`` builds a second
     cache at that size (same images, same rows; :func:`build_size_cache`), which
-    ``finetune --image-size`` and predict then read.
+    ``finetune --image-size`` and predict then read.  An image whose header declares more
+    than ``max_pixels`` pixels is registered as unreadable without being decoded.
     """
     started = time.perf_counter()
     fmt = Format.parse(fmt, "ingest format").value
@@ -475,6 +479,8 @@ def ingest_dataset(
         raise ConfigError(f"`image_size` must be between 16 and 2048 pixels (got {image_size})")
     if workers is not None and workers < 1:
         raise ConfigError(f"`workers` must be at least 1 (got {workers})")
+    if int(max_pixels) < 1:
+        raise ConfigError(f"`max_pixels` must be at least 1 (got {max_pixels})")
     records, source, label_policy, options = _read(fmt, path, format_options)
     dataset_id, cache_path, n_new = _register(
         registry, name=name, fmt=fmt, source=source, image_size=int(image_size),
@@ -482,12 +488,13 @@ def ingest_dataset(
         cache_dir=registry.workspace.cache_dir,
     )
     stats = build_cache(registry, dataset_id, workers=workers, invert_keys=records.invert_keys,
-                        on_event=on_event)
+                        on_event=on_event, max_pixels=int(max_pixels))
     with registry.session(readonly=True) as s:
         own_size = s.get(Dataset, dataset_id).image_size
     if own_size != int(image_size):
         extra = build_size_cache(registry, dataset_id, int(image_size), workers=workers,
-                                 invert_keys=records.invert_keys, on_event=on_event)
+                                 invert_keys=records.invert_keys, on_event=on_event,
+                                 max_pixels=int(max_pixels))
         cache_path = extra["path"]
         stats = {**stats, "n_ingested": extra["n_ingested"],
                  "n_skipped_existing": extra["n_skipped_existing"]}
