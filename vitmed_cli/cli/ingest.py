@@ -46,6 +46,9 @@ def ingest(
     findings: Annotated[
         Optional[str], typer.Option("--findings", help="csv: finding columns A,B,C (default: every 0/1/-1 column).", show_default=False)
     ] = None,
+    allow_outside: Annotated[
+        bool, typer.Option("--allow-outside", help="csv: accept image paths outside the CSV's folder.")
+    ] = False,
     n_images: Annotated[Optional[int], typer.Option("--n-images", help="synthetic: number of images.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="synthetic: random seed (default: 0).", show_default=False)] = None,
     flavour: Annotated[
@@ -83,6 +86,7 @@ def ingest(
             patient_col=patient_col,
             view_col=view_col,
             findings=findings,
+            allow_outside=True if allow_outside else None,
             n_images=n_images,
             seed=seed,
             flavour=flavour.value if flavour else None,
