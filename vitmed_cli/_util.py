@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -15,6 +16,12 @@ def first_line(obj: Any) -> str:
     if not text:
         return type(obj).__name__ if isinstance(obj, BaseException) else ""
     return text.splitlines()[0].strip()
+
+
+def file_token() -> str:
+    """A random token for the names of a row's files (a dataset's cache, a run's folder), so two
+    registries sharing one workspace never write to, or delete, each other's files."""
+    return secrets.token_hex(4)
 
 
 def finite_or_none(value: Any) -> float | None:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, func, select
 
-from .._util import atomic_write
+from .._util import atomic_write, file_token
 from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, Format, LabelPolicy
 from ..errors import AlreadyExists, ConfigError, InputError
 from ..events import Listener, progress
@@ -142,9 +142,11 @@ def _dataset_row(s, *, name: str, fmt: str, source: Path, image_size: int, recor
                      options=options, notes="; ".join(records.notes) or None)
         s.add(ds)
         s.flush()
-        cache = cache_dir / f"{_slug(name)}-{ds.id}-{image_size}px.npy"
-        if cache.exists():  # left by a deleted dataset that had the same id
-            cache.unlink()
+        # a token of the dataset's own: two registries sharing the workspace can both have a dataset
+        # 1 of that name, and a file left by a deleted dataset is never reused (nor deleted)
+        cache = cache_dir / f"{_slug(name)}-{ds.id}-{file_token()}-{image_size}px.npy"
+        while cache.exists():
+            cache = cache_dir / f"{_slug(name)}-{ds.id}-{file_token()}-{image_size}px.npy"
         ds.cache_path = str(cache)
         return ds
     if ds.format != fmt or ds.source_path != str(source):
@@ -318,6 +320,17 @@ def build_cache(
     return stats
 
 
+def _size_cache_path(ds: Dataset, size: int) -> Path:
+    """The file of the dataset's cache at ``size``: the one recorded, else the main cache's name
+    (with its token) at that size."""
+    recorded = ((ds.options or {}).get("caches") or {}).get(str(size))
+    if isinstance(recorded, dict) and recorded.get("path"):
+        return Path(recorded["path"])
+    main = Path(ds.cache_path)
+    name, n = re.subn(r"-\d+px\.npy$", f"-{size}px.npy", main.name)
+    return main.with_name(name if n else f"{main.stem}-{size}px.npy")
+
+
 def build_size_cache(
     registry: Registry,
     dataset_id: int,
@@ -338,7 +351,7 @@ def build_size_cache(
     with registry.session(readonly=True) as s:
         ds = s.get(Dataset, dataset_id)
         main = Path(ds.cache_path)
-        path = main.with_name(f"{_slug(ds.name)}-{ds.id}-{size}px.npy")
+        path = _size_cache_path(ds, size)
         rows = s.execute(
             select(table.c.id, table.c.cache_index, table.c.source_path, table.c.key)
             .where(table.c.dataset_id == dataset_id, table.c.cache_index.is_not(None))
