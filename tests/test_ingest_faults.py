@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections import namedtuple
 
@@ -205,3 +206,45 @@ def test_default_limit_is_pillows_and_decoder_errors_name_their_cause(tmp_path):
         "does not match the header"
     )
     assert "pip install" not in message
+
+
+# --- #7 a cache that stopped half-way ------------------------------------------------------------
+
+
+def test_a_half_cached_dataset_is_shown_and_refused_until_the_ingest_finishes(
+        sqlite_url, make_registry, csv_dataset, monkeypatch):
+    import shlex
+
+    from vitmed_cli.datasets import ingest_dataset
+
+    registry = make_registry(sqlite_url)
+    real = cache_mod.decode_image
+
+    def killed_at_003(path, size, **kw):
+        if path.endswith("003.png"):
+            raise KeyboardInterrupt  # as Ctrl-C, or a kill, in the middle of the cache
+        return real(path, size, **kw)
+
+    monkeypatch.setattr(cache_mod, "decode_image", killed_at_003)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
+    monkeypatch.setattr(cache_mod, "decode_image", real)
+    info = json.loads(_invoke(sqlite_url, "datasets", "show", "mine", "--json").stdout)
+    resume = f"vitmed ingest csv {csv_dataset} --name mine --image-size 32"
+    assert (info["n_images"], info["n_cached"], info["n_not_cached"], info["n_unreadable"]) == (6, 3, 3, 0)
+    assert info["status"] == "caching incomplete" and info["resume_command"] == resume
+    table = _invoke(sqlite_url, "datasets", "show", "mine").stdout
+    assert re.search(r"n_not_cached\s*│\s*3\s", table) and re.search(r"status\s*│\s*caching incomplete", table)
+    assert re.search(r"resume_command\s*│\s*vitmed ingest csv ", table)
+    refused = ("Error: dataset 'mine' is incomplete: 3 of its 6 images are not cached yet (the ingest stopped "
+               "before the end) - finish it before you {} with: " + resume)
+    assert _one_line_error(_invoke(sqlite_url, "split", "mine")) == refused.format("split it")
+    line = _one_line_error(_invoke(sqlite_url, "finetune", "--dataset", "mine", "--epochs", "1"))
+    assert line == refused.format("train on it")
+    done = _invoke(sqlite_url, *shlex.split(resume)[1:], "--workers", "1", "--no-progress", "--json")
+    assert done.exit_code == 0, done.output
+    info = json.loads(_invoke(sqlite_url, "datasets", "show", "mine", "--json").stdout)
+    # the unreadable image is counted as unreadable: it will never cache, the dataset is complete
+    assert (info["n_cached"], info["n_not_cached"], info["n_unreadable"]) == (5, 0, 1)
+    assert info["status"] == "complete" and info["resume_command"] is None
+    assert _invoke(sqlite_url, "split", "mine").exit_code == 0

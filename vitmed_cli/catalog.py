@@ -25,7 +25,15 @@ from .registry.models import (
     Run,
 )
 from .registry.owner import STALE_STATUS, display_status, heartbeat_age
-from .registry.queries import get_dataset, get_evaluation, get_run, run_tune
+from .registry.queries import (
+    get_dataset,
+    get_evaluation,
+    get_run,
+    image_states,
+    ingest_command,
+    registration_complete,
+    run_tune,
+)
 from .datasets.parts import size_caches
 from .splits import split_summary
 from .weights.families import family_of, licence_of
@@ -58,10 +66,9 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
     """Counts of images, patients, unreadable files and labels per finding and split part."""
     with registry.session(readonly=True) as s:
         ds = get_dataset(s, name)
-        n_images = s.scalar(select(func.count()).where(Image.dataset_id == ds.id))
-        n_unreadable = s.scalar(
-            select(func.count()).where(Image.dataset_id == ds.id, Image.readable.is_(False))
-        )
+        states = image_states(s, ds.id)
+        n_images, n_unreadable = states["n_images"], states["n_unreadable"]
+        complete = registration_complete(ds) and not states["n_not_cached"]
         n_patients = (
             s.scalar(
                 select(func.count(func.distinct(Image.patient_id))).where(
@@ -116,6 +123,11 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
             "n_images": n_images,
             "n_patients": n_patients,
             "n_unreadable": n_unreadable,
+            "n_cached": states["n_cached"],
+            "n_not_cached": states["n_not_cached"],  # an ingest that stopped before the end
+            "status": "complete" if complete else (
+                "registration incomplete" if not registration_complete(ds) else "caching incomplete"),
+            "resume_command": None if complete else ingest_command(ds),
             "views": views,
             "findings": findings,
             "splits": splits,

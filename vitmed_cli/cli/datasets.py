@@ -40,7 +40,8 @@ def show(ctx: typer.Context, name: DatasetArg, json_out: JsonOpt = False) -> Non
         print_json(info)
         return
     findings = info.pop("findings")
-    print_record({k: v for k, v in info.items() if k != "splits"}, title=f"dataset {name}")
+    shown = {k: v for k, v in info.items() if k != "splits" and not (k == "resume_command" and v is None)}
+    print_record(shown, title=f"dataset {name}")
     for sp in info["splits"]:
         parts = ", ".join(f"{part} {n} ({sp['used'].get(part, 0)} used)" for part, n in sorted(sp["parts"].items()))
         console.print(Text.assemble("split ", (sp["name"], "bold"), f" ({sp['method']}, seed {fmt(sp['seed'])}): {parts} images"))

@@ -27,6 +27,7 @@ from ..events import Listener, progress
 from ..registry.db import Registry
 from ..registry.models import Dataset, Finding, Image, Label
 from ..registry.names import check_name
+from ..registry.queries import INGEST_ARGS
 from .cache import ensure_cache, fill_cache
 from .findings import harmonise
 from .formats import READERS, check_options
@@ -407,6 +408,7 @@ def _read(fmt: str, path: Path, format_options: dict[str, Any]) -> tuple[RecordS
     records = READERS[fmt].read(source, **given)
     options = {k: v for k, v in given.items() if k != "label_policy"}
     options.update(records.options)
+    options[INGEST_ARGS] = dict(given)  # for the command that resumes it (registry.queries.ingest_command)
     return records, source, label_policy, options
 
 
