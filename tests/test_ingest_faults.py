@@ -248,3 +248,97 @@ def test_a_half_cached_dataset_is_shown_and_refused_until_the_ingest_finishes(
     assert (info["n_cached"], info["n_not_cached"], info["n_unreadable"]) == (5, 0, 1)
     assert info["status"] == "complete" and info["resume_command"] is None
     assert _invoke(sqlite_url, "split", "mine").exit_code == 0
+
+
+# --- #9 large registrations commit in batches ----------------------------------------------------
+
+
+def _many(tmp_path, n: int = 12):
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    lines = ["path,patient_id,Cardiomegaly,Edema"]
+    for i in range(n):
+        PILImage.fromarray(np.full((12, 12), 10 * i, dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        lines.append(f"{i:02d}.png,P{i // 2},{i % 2},{'' if i % 3 else 1}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder / "labels.csv"
+
+
+def _registering(event) -> bool:
+    from vitmed_cli.events import Progress
+
+    return isinstance(event, Progress) and event.task.startswith("registering") and 0 < event.done < event.total
+
+
+def test_registration_commits_in_batches_and_others_work_between_them(sqlite_url, make_registry, tmp_path,
+                                                                      monkeypatch):
+    import sqlite3
+
+    from vitmed_cli.datasets import ingest as ingest_mod
+    from vitmed_cli.datasets import ingest_dataset
+
+    csv = _many(tmp_path)
+    monkeypatch.setattr(ingest_mod, "INSERT_BATCH", 4)
+    seen = []
+
+    def between_batches(event):
+        if not _registering(event):
+            return
+        listed = _invoke(sqlite_url, "datasets", "list", "--json")  # a reader
+        assert listed.exit_code == 0, listed.output
+        row = json.loads(listed.stdout)[0]
+        seen.append((event.done, row["n_images"], row["status"]))
+        # and a writer: the registration holds no write lock between its batches
+        conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    summary = ingest_dataset(make_registry(sqlite_url), "csv", csv, name="many", image_size=16, workers=1,
+                             on_event=between_batches)
+    assert seen == [(4, 4, "registration incomplete"), (8, 8, "registration incomplete")]
+    assert (summary.n_images, summary.n_new_images, summary.n_ingested) == (12, 12, 12)
+    row = json.loads(_invoke(sqlite_url, "datasets", "list", "--json").stdout)[0]
+    assert (row["n_images"], row["status"]) == (12, "complete")
+
+
+def test_a_registration_killed_between_batches_is_incomplete_and_the_ingest_finishes_it(
+        registry_url, make_registry, tmp_path, monkeypatch):
+    from vitmed_cli.datasets import ingest as ingest_mod
+    from vitmed_cli.datasets import ingest_dataset
+    from vitmed_cli.registry.models import Label
+
+    csv = _many(tmp_path)
+    monkeypatch.setattr(ingest_mod, "INSERT_BATCH", 4)
+    registry = make_registry(registry_url)
+
+    def killed_after_two_batches(event):
+        if _registering(event) and event.done == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest_dataset(registry, "csv", csv, name="many", image_size=16, workers=1,
+                       on_event=killed_after_two_batches)
+    info = json.loads(_invoke(registry_url, "datasets", "show", "many", "--json").stdout)
+    resume = f"vitmed ingest csv {csv} --name many --image-size 16"
+    assert (info["n_images"], info["status"], info["resume_command"]) == (8, "registration incomplete", resume)
+    with registry.session() as s:  # every registered image has its labels: batches are whole
+        assert s.scalar(select(func.count()).select_from(Label)) == 8 + 3
+    line = _one_line_error(_invoke(registry_url, "split", "many"))
+    assert line == ("Error: dataset 'many' is incomplete: its registration stopped before the last images were "
+                    f"registered - finish it before you split it with: {resume}")
+    again = _invoke(registry_url, "ingest", "csv", str(csv), "--name", "many", "--image-size", "16",
+                    "--workers", "1", "--no-progress", "--json")
+    assert again.exit_code == 0, again.output
+    out = json.loads(again.stdout)
+    assert (out["n_images"], out["n_new_images"], out["n_ingested"], out["n_unreadable"]) == (12, 4, 12, 0)
+    info = json.loads(_invoke(registry_url, "datasets", "show", "many", "--json").stdout)
+    assert (info["status"], info["findings"]["Cardiomegaly"]["positive"], info["findings"]["Edema"]["positive"]) == (
+        "complete", 6, 4)
+    with registry.session() as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == 12 + 4
+    assert _invoke(registry_url, "split", "many").exit_code == 0

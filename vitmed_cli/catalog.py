@@ -44,6 +44,10 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
         counts = dict(
             s.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all()
         )
+        not_cached = dict(
+            s.execute(select(Image.dataset_id, func.count()).where(Image.readable.is_(None))
+                      .group_by(Image.dataset_id)).all()
+        )
         out = []
         for ds in s.scalars(select(Dataset).order_by(Dataset.id)):
             out.append(
@@ -52,6 +56,7 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
                     "name": ds.name,
                     "format": ds.format,
                     "n_images": counts.get(ds.id, 0),
+                    "status": _status(ds, not_cached.get(ds.id, 0)),
                     "n_findings": len(ds.findings),
                     "image_size": ds.image_size,
                     "splits": [sp.name for sp in ds.splits],
@@ -62,13 +67,20 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
         return out
 
 
+def _status(ds: Dataset, n_not_cached: int) -> str:
+    """complete, or which part of its ingest stopped before the end."""
+    if not registration_complete(ds):
+        return "registration incomplete"
+    return "caching incomplete" if n_not_cached else "complete"
+
+
 def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
     """Counts of images, patients, unreadable files and labels per finding and split part."""
     with registry.session(readonly=True) as s:
         ds = get_dataset(s, name)
         states = image_states(s, ds.id)
         n_images, n_unreadable = states["n_images"], states["n_unreadable"]
-        complete = registration_complete(ds) and not states["n_not_cached"]
+        status = _status(ds, states["n_not_cached"])
         n_patients = (
             s.scalar(
                 select(func.count(func.distinct(Image.patient_id))).where(
@@ -125,9 +137,8 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
             "n_unreadable": n_unreadable,
             "n_cached": states["n_cached"],
             "n_not_cached": states["n_not_cached"],  # an ingest that stopped before the end
-            "status": "complete" if complete else (
-                "registration incomplete" if not registration_complete(ds) else "caching incomplete"),
-            "resume_command": None if complete else ingest_command(ds),
+            "status": status,
+            "resume_command": None if status == "complete" else ingest_command(ds),
             "views": views,
             "findings": findings,
             "splits": splits,

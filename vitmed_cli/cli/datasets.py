@@ -25,7 +25,7 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if want_json(ctx, json_out):
         print_json(rows)
     else:
-        print_table(rows, ["id", "name", "format", "n_images", "n_findings", "image_size", "splits"],
+        print_table(rows, ["id", "name", "format", "n_images", "status", "n_findings", "image_size", "splits"],
                     title="datasets", empty="no datasets yet - run vitmed ingest")
 
 

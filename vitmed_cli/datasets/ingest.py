@@ -1,10 +1,11 @@
 """Ingest: a download's records into the registry, then its pixels into the image cache.
 
 :func:`ingest_dataset` reads a download with its format's reader, registers the
-dataset, findings, images and labels in ONE transaction, then fills the image
-cache (:mod:`vitmed_cli.datasets.cache`) in resumable batches: an interrupted
-ingest resumes where it stopped when run again with the same arguments, and a
-re-ingest whose labels changed is refused.
+dataset and its findings, then its images and labels in batches (one transaction
+each, the dataset flagged ``registration: incomplete`` until the last one is in),
+then fills the image cache (:mod:`vitmed_cli.datasets.cache`) in resumable
+batches: an interrupted ingest resumes where it stopped when run again with the
+same arguments, and a re-ingest whose labels changed is refused.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from sqlalchemy import bindparam, func, select
 
 from .._util import atomic_write, file_token
 from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, Format, LabelPolicy
-from ..errors import AlreadyExists, ConfigError, InputError
+from ..errors import AlreadyExists, ConfigError, InputError, VitmedError
 from ..events import Listener, progress
 from ..registry.db import Registry
 from ..registry.models import Dataset, Finding, Image, Label
 from ..registry.names import check_name
-from ..registry.queries import INGEST_ARGS
+from ..registry.queries import INGEST_ARGS, REGISTRATION
 from .cache import ensure_cache, fill_cache
 from .findings import harmonise
 from .formats import READERS, check_options
@@ -35,7 +36,7 @@ from .records import IMAGE_COLUMNS, RecordSet
 
 log = logging.getLogger("vitmed.ingest")
 
-INSERT_BATCH = 20_000
+INSERT_BATCH = 20_000  # images registered per transaction
 UPDATE_BATCH = 2_000
 SLUG_CHARS = 40
 
@@ -189,27 +190,24 @@ def _add_findings(s, ds: Dataset, natives: list[str]) -> np.ndarray:
     return np.array([known[n].id for n in fmap.native], dtype=np.int64)
 
 
-def _insert_images(conn, dataset_id: int, frame: pd.DataFrame, new_idx: np.ndarray) -> np.ndarray:
-    """Insert the rows ``new_idx`` of ``frame`` as images; their new ids, in that order."""
+def _insert_images(conn, dataset_id: int, sub: pd.DataFrame) -> np.ndarray:
+    """Insert the rows of ``sub`` as images; their new ids, in that order."""
     table = Image.__table__
-    for start in range(0, len(new_idx), INSERT_BATCH):
-        sub = frame.iloc[new_idx[start : start + INSERT_BATCH]]
-        rows = [
-            {"dataset_id": dataset_id, **{c: _none(v) for c, v in zip(IMAGE_COLUMNS, rec)}}
-            for rec in sub.itertuples(index=False, name=None)
-        ]
-        for r in rows:
-            if r["age"] is not None:
-                r["age"] = float(r["age"])
-            r["key"] = str(r["key"])
-        conn.execute(table.insert(), rows)
-    new_keys = set(frame["key"].iloc[new_idx].astype(str))
-    id_of = {
-        k: i
-        for k, i in conn.execute(select(table.c.key, table.c.id).where(table.c.dataset_id == dataset_id))
-        if k in new_keys
-    }
-    return np.array([id_of[str(k)] for k in frame["key"].iloc[new_idx]], dtype=np.int64)
+    before = conn.scalar(select(func.max(table.c.id)).where(table.c.dataset_id == dataset_id)) or 0
+    rows = [
+        {"dataset_id": dataset_id, **{c: _none(v) for c, v in zip(IMAGE_COLUMNS, rec)}}
+        for rec in sub.itertuples(index=False, name=None)
+    ]
+    for r in rows:
+        if r["age"] is not None:
+            r["age"] = float(r["age"])
+        r["key"] = str(r["key"])
+    conn.execute(table.insert(), rows)
+    # ids only grow, and this transaction is the only one adding images to the dataset (its
+    # (dataset, key) pairs are unique): the new rows are those above the old largest id
+    id_of = dict(conn.execute(
+        select(table.c.key, table.c.id).where(table.c.dataset_id == dataset_id, table.c.id > before)).all())
+    return np.array([id_of[str(k)] for k in sub["key"]], dtype=np.int64)
 
 
 def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids: np.ndarray) -> None:
@@ -228,8 +226,24 @@ def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids:
         ])
 
 
-def _register(registry: Registry, *, records: RecordSet, source: Path, **dataset: Any) -> tuple[int, str, int]:
-    """Dataset, findings, new images and their labels in ONE transaction: (id, cache path, n new)."""
+def _finish_registration(registry: Registry, dataset_id: int) -> None:
+    """The last batch is in: the dataset no longer says its registration is incomplete."""
+    with registry.session() as s:
+        ds = s.get(Dataset, dataset_id)
+        ds.options = {k: v for k, v in (ds.options or {}).items() if k != REGISTRATION}
+
+
+def _register(registry: Registry, *, records: RecordSet, source: Path, on_event: Listener | None = None,
+              **dataset: Any) -> tuple[int, str, int]:
+    """Dataset, findings, new images and their labels: (id, cache path, n new).
+
+    The images go in batches of ``INSERT_BATCH``, one transaction each (an image and its
+    labels always together), so the write lock is never held for the whole registration.
+    Until the last batch is in, the dataset's options say ``registration: incomplete``
+    (``datasets show`` shows it, split and finetune refuse it); a run stopped half-way
+    resumes where it stopped when run again.  A dataset this call created that fails with an
+    error is removed again; a kill leaves it flagged incomplete.
+    """
     dup = records.images["key"][records.images["key"].duplicated()]
     if len(dup):
         raise InputError(
@@ -237,16 +251,51 @@ def _register(registry: Registry, *, records: RecordSet, source: Path, **dataset
             "each image may appear once"
         )
     with registry.session() as s:
+        created = s.scalar(select(Dataset.id).where(Dataset.name == dataset["name"])) is None
         ds = _dataset_row(s, records=records, source=source, **dataset)
         finding_ids = _add_findings(s, ds, records.natives)
         existing = set(s.scalars(select(Image.key).where(Image.dataset_id == ds.id)))
         frame = records.images
         new_idx = np.flatnonzero(~frame["key"].isin(existing).to_numpy()) if existing else np.arange(len(frame))
         if len(new_idx):
-            conn = s.connection()
-            image_ids = _insert_images(conn, ds.id, frame, new_idx)
-            _insert_labels(conn, records.labels[new_idx], image_ids, finding_ids)
-        return ds.id, ds.cache_path, len(new_idx)
+            ds.options = {**(ds.options or {}), REGISTRATION: "incomplete"}
+        elif REGISTRATION in (ds.options or {}):  # stopped after its last batch, before the flag was cleared
+            ds.options = {k: v for k, v in ds.options.items() if k != REGISTRATION}
+        dataset_id, cache_path = ds.id, ds.cache_path
+    if not len(new_idx):
+        return dataset_id, cache_path, 0
+    task = f"registering {dataset['name']}"
+    try:
+        progress(on_event, task, 0, len(new_idx))
+        for start in range(0, len(new_idx), INSERT_BATCH):
+            batch = new_idx[start : start + INSERT_BATCH]
+            with registry.session() as s:
+                conn = s.connection()
+                image_ids = _insert_images(conn, dataset_id, frame.iloc[batch])
+                _insert_labels(conn, records.labels[batch], image_ids, finding_ids)
+            progress(on_event, task, start + len(batch), len(new_idx))
+    except Exception as exc:
+        if created:
+            _forget(registry, dataset_id)
+        elif isinstance(exc, VitmedError):
+            raise type(exc)(
+                f"{exc} (dataset {dataset['name']!r} is registered as incomplete: run the same ingest "
+                "again to finish it)") from exc
+        raise
+    _finish_registration(registry, dataset_id)
+    return dataset_id, cache_path, len(new_idx)
+
+
+def _forget(registry: Registry, dataset_id: int) -> None:
+    """Remove a dataset this ingest created and could not finish because of an error (a kill
+    leaves it flagged incomplete instead, for a resume)."""
+    try:
+        with registry.session() as s:
+            ds = s.get(Dataset, dataset_id)
+            if ds is not None:
+                s.delete(ds)
+    except VitmedError:
+        log.warning("could not remove the half-registered dataset %s; it stays flagged incomplete", dataset_id)
 
 
 def build_cache(
@@ -479,9 +528,10 @@ def ingest_dataset(
 ) -> IngestSummary:
     """Register a dataset from its downloaded layout and fill its image cache.
 
-    The dataset, its findings, images and labels are written in one
-    transaction; the cache is then filled in batches, so an interrupted
-    ingest resumes where it stopped when run again with the same arguments.
+    The dataset and its findings are written first, then its images and labels in
+    batches (the dataset says its registration is incomplete until the last one is
+    in); the cache is then filled in batches, so an interrupted ingest resumes where
+    it stopped when run again with the same arguments.
     Ingesting a registered dataset again at another ``image_size`` builds a second
     cache at that size (same images, same rows; :func:`build_size_cache`), which
     ``finetune --image-size`` and predict then read.  An image whose header declares more
@@ -500,7 +550,7 @@ def ingest_dataset(
     dataset_id, cache_path, n_new = _register(
         registry, name=name, fmt=fmt, source=source, image_size=int(image_size),
         records=records, label_policy=label_policy, options=options,
-        cache_dir=registry.workspace.cache_dir,
+        cache_dir=registry.workspace.cache_dir, on_event=on_event,
     )
     stats = build_cache(registry, dataset_id, workers=workers, invert_keys=records.invert_keys,
                         on_event=on_event, max_pixels=int(max_pixels))
