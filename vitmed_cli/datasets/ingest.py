@@ -190,10 +190,9 @@ def _add_findings(s, ds: Dataset, natives: list[str]) -> np.ndarray:
     return np.array([known[n].id for n in fmap.native], dtype=np.int64)
 
 
-def _insert_images(conn, dataset_id: int, sub: pd.DataFrame) -> np.ndarray:
-    """Insert the rows of ``sub`` as images; their new ids, in that order."""
-    table = Image.__table__
-    before = conn.scalar(select(func.max(table.c.id)).where(table.c.dataset_id == dataset_id)) or 0
+def _image_rows(dataset_id: int, sub: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``sub`` as images table rows (built before the transaction: the write lock
+    is held only while they are written)."""
     rows = [
         {"dataset_id": dataset_id, **{c: _none(v) for c, v in zip(IMAGE_COLUMNS, rec)}}
         for rec in sub.itertuples(index=False, name=None)
@@ -202,12 +201,19 @@ def _insert_images(conn, dataset_id: int, sub: pd.DataFrame) -> np.ndarray:
         if r["age"] is not None:
             r["age"] = float(r["age"])
         r["key"] = str(r["key"])
+    return rows
+
+
+def _insert_images(conn, dataset_id: int, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Insert image ``rows``; their new ids, in that order."""
+    table = Image.__table__
+    before = conn.scalar(select(func.max(table.c.id)).where(table.c.dataset_id == dataset_id)) or 0
     conn.execute(table.insert(), rows)
     # ids only grow, and this transaction is the only one adding images to the dataset (its
     # (dataset, key) pairs are unique): the new rows are those above the old largest id
     id_of = dict(conn.execute(
         select(table.c.key, table.c.id).where(table.c.dataset_id == dataset_id, table.c.id > before)).all())
-    return np.array([id_of[str(k)] for k in sub["key"]], dtype=np.int64)
+    return np.array([id_of[r["key"]] for r in rows], dtype=np.int64)
 
 
 def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids: np.ndarray) -> None:
@@ -219,10 +225,10 @@ def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids:
         r, c = np.nonzero(~np.isnan(block))
         if not len(r):
             continue
-        vals = block[r, c].astype(np.int64)
+        vals = block[r, c].astype(np.int64).tolist()
         conn.execute(ltable.insert(), [
-            {"image_id": int(i), "finding_id": int(f), "value": int(v)}
-            for i, f, v in zip(image_ids[start + r], finding_ids[c], vals)
+            {"image_id": i, "finding_id": f, "value": v}
+            for i, f, v in zip(image_ids[start + r].tolist(), finding_ids[c].tolist(), vals)
         ])
 
 
@@ -269,9 +275,10 @@ def _register(registry: Registry, *, records: RecordSet, source: Path, on_event:
         progress(on_event, task, 0, len(new_idx))
         for start in range(0, len(new_idx), INSERT_BATCH):
             batch = new_idx[start : start + INSERT_BATCH]
+            rows = _image_rows(dataset_id, frame.iloc[batch])
             with registry.session() as s:
                 conn = s.connection()
-                image_ids = _insert_images(conn, dataset_id, frame.iloc[batch])
+                image_ids = _insert_images(conn, dataset_id, rows)
                 _insert_labels(conn, records.labels[batch], image_ids, finding_ids)
             progress(on_event, task, start + len(batch), len(new_idx))
     except Exception as exc:
