@@ -207,12 +207,13 @@ def _image_rows(dataset_id: int, sub: pd.DataFrame) -> list[dict[str, Any]]:
 def _insert_images(conn, dataset_id: int, rows: list[dict[str, Any]]) -> np.ndarray:
     """Insert image ``rows``; their new ids, in that order."""
     table = Image.__table__
-    before = conn.scalar(select(func.max(table.c.id)).where(table.c.dataset_id == dataset_id)) or 0
+    before = conn.scalar(select(func.max(table.c.id))) or 0
     conn.execute(table.insert(), rows)
     # ids only grow, and this transaction is the only one adding images to the dataset (its
-    # (dataset, key) pairs are unique): the new rows are those above the old largest id
-    id_of = dict(conn.execute(
-        select(table.c.key, table.c.id).where(table.c.dataset_id == dataset_id, table.c.id > before)).all())
+    # (dataset, key) pairs are unique): its new rows are the dataset's rows above the old largest
+    # id - read by primary key, not by scanning the dataset's rows once per batch
+    id_of = {key: i for key, i, ds_id in conn.execute(
+        select(table.c.key, table.c.id, table.c.dataset_id).where(table.c.id > before)) if ds_id == dataset_id}
     return np.array([id_of[r["key"]] for r in rows], dtype=np.int64)
 
 
