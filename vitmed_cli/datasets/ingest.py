@@ -287,8 +287,8 @@ def _register(registry: Registry, *, records: RecordSet, source: Path, on_event:
             _forget(registry, dataset_id)
         elif isinstance(exc, VitmedError):
             raise type(exc)(
-                f"{exc} (dataset {dataset['name']!r} is registered as incomplete: run the same ingest "
-                "again to finish it)") from exc
+                f"{exc} (that batch only: dataset {dataset['name']!r} keeps the images registered before "
+                "it and is marked incomplete - run the same ingest again to finish it)") from exc
         raise
     _finish_registration(registry, dataset_id)
     return dataset_id, cache_path, len(new_idx)
