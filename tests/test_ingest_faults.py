@@ -328,6 +328,8 @@ def test_a_registration_killed_between_batches_is_incomplete_and_the_ingest_fini
     assert (info["n_images"], info["status"], info["resume_command"]) == (8, "registration incomplete", resume)
     with registry.session() as s:  # every registered image has its labels: batches are whole
         assert s.scalar(select(func.count()).select_from(Label)) == 8 + 3
+    listed = " ".join(_invoke(registry_url, "datasets", "list").stdout.split())
+    assert "many: registration incomplete - vitmed datasets show many names the command that finishes it" in listed
     line = _one_line_error(_invoke(registry_url, "split", "many"))
     assert line == ("Error: dataset 'many' is incomplete: its registration stopped before the last images were "
                     f"registered - finish it before you split it with: {resume}")

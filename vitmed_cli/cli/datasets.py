@@ -25,8 +25,12 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     if want_json(ctx, json_out):
         print_json(rows)
     else:
-        print_table(rows, ["id", "name", "format", "n_images", "status", "n_findings", "image_size", "splits"],
+        print_table(rows, ["id", "name", "format", "n_images", "n_findings", "image_size", "splits"],
                     title="datasets", empty="no datasets yet - run vitmed ingest")
+        for row in rows:  # an ingest that stopped half-way (the table keeps its width for the names)
+            if row["status"] != "complete":
+                console.print(Text(f"{row['name']}: {row['status']}", style="yellow")
+                              + Text(f" - vitmed datasets show {row['name']} names the command that finishes it"))
 
 
 @app.command("show")
