@@ -68,6 +68,28 @@ def test_full_disk_is_refused_before_the_cache_is_written_and_the_ingest_resumes
     assert st.st_blocks * 512 >= st.st_size
 
 
+def test_a_disk_that_fills_after_the_check_fails_when_the_blocks_are_reserved(
+        sqlite_url, make_registry, csv_dataset, monkeypatch):
+    import errno
+
+    real = os.posix_fallocate
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)  # another process took the space meanwhile
+    line = _one_line_error(_ingest(sqlite_url, csv_dataset, "--workers", "1"))
+    with make_registry(sqlite_url).session() as s:
+        cache = s.scalar(select(Dataset.cache_path))
+        assert s.scalar(select(func.count()).where(Image.readable.is_not(None))) == 0  # nothing decoded
+    assert line.startswith(f"Error: not enough disk space for the image cache {cache}: it needs ")
+    assert line.endswith("then run the same ingest again: it resumes where it stopped")
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    again = _ingest(sqlite_url, csv_dataset, "--workers", "1", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["n_ingested"] == 5
+
+
 def test_a_decoding_process_that_dies_ends_the_ingest_with_one_line(
         sqlite_url, make_registry, csv_dataset, monkeypatch):
     real = cache_mod.decode_image
