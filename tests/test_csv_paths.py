@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -118,3 +119,21 @@ def test_a_semicolon_separated_csv_is_detected(sqlite_url, make_registry, tmp_pa
     odd.write_text("path;Cardiomegaly\nimg/a.png;1\nimg/b.png;0;x\n")
     line = _one_line_error(_invoke(sqlite_url, "ingest", "csv", str(odd), "--name", "odd"))
     assert "the file has: path;Cardiomegaly (one column: is the file separated by ';', not commas?)" in line
+
+
+def test_chexpert_paths_leaving_the_dataset_folder_are_refused(tmp_path):
+    from vitmed_cli.datasets.formats import read_dataset
+    from vitmed_cli.datasets.formats.chexpert import CHEXPERT_FINDINGS
+    from vitmed_cli.errors import InputError
+
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_FINDINGS]
+    rows = [["CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg", "Male", "60", "Frontal", "PA"],
+            ["CheXpert-v1.0-small/../../../etc/passwd", "Male", "60", "Frontal", "PA"]]
+    lines = [header] + [r + [""] * len(CHEXPERT_FINDINGS) for r in rows]
+    (root / "train.csv").write_text("\n".join(",".join(line) for line in lines) + "\n")
+    with pytest.raises(InputError) as info:
+        read_dataset("chexpert", root)
+    assert str(info.value) == (f"{root / 'train.csv'}: line 3, column 'Path': '../../../etc/passwd' is outside the dataset "
+                       f"folder {root} - images must lie under it")
