@@ -63,9 +63,6 @@ def test_full_disk_is_refused_before_the_cache_is_written_and_the_ingest_resumes
     assert again.exit_code == 0, again.output
     out = json.loads(again.stdout)
     assert (out["n_images"], out["n_ingested"], out["n_unreadable"]) == (6, 5, 1)
-    # the cache's blocks are reserved up front: writing a row can no longer meet a full disk
-    st = os.stat(cache)
-    assert st.st_blocks * 512 >= st.st_size
 
 
 def test_a_disk_that_fills_after_the_check_fails_when_the_blocks_are_reserved(
@@ -78,16 +75,20 @@ def test_a_disk_that_fills_after_the_check_fails_when_the_blocks_are_reserved(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", no_space)  # another process took the space meanwhile
-    line = _one_line_error(_ingest(sqlite_url, csv_dataset, "--workers", "1"))
+    big = ("--workers", "1", "--image-size", "256")  # a file with holes to fill (a tiny one has none)
+    line = _one_line_error(_invoke(sqlite_url, "ingest", "csv", str(csv_dataset), "--name", "mine", "--no-progress",
+                                   *big))
     with make_registry(sqlite_url).session() as s:
         cache = s.scalar(select(Dataset.cache_path))
         assert s.scalar(select(func.count()).where(Image.readable.is_not(None))) == 0  # nothing decoded
     assert line.startswith(f"Error: not enough disk space for the image cache {cache}: it needs ")
     assert line.endswith("then run the same ingest again: it resumes where it stopped")
     monkeypatch.setattr(os, "posix_fallocate", real)
-    again = _ingest(sqlite_url, csv_dataset, "--workers", "1", "--json")
+    again = _invoke(sqlite_url, "ingest", "csv", str(csv_dataset), "--name", "mine", "--no-progress", *big, "--json")
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["n_ingested"] == 5
+    st = os.stat(cache)  # the blocks are reserved up front: writing a row cannot meet a full disk
+    assert st.st_blocks * 512 >= st.st_size > 6 * 256 * 256
 
 
 def test_a_decoding_process_that_dies_ends_the_ingest_with_one_line(

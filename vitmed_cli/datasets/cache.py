@@ -184,6 +184,8 @@ def _reserve(path: Path) -> None:
     if fallocate is None:  # macOS, Windows: the free-space check stands alone
         return
     n_bytes = path.stat().st_size
+    if _allocated(path) >= n_bytes:  # a resumed cache whose blocks are all there already
+        return
     fd = os.open(path, os.O_RDWR)
     try:
         fallocate(fd, 0, n_bytes)
