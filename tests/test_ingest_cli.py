@@ -67,7 +67,7 @@ def test_csv_ingest_then_idempotent_rerun(sqlite_url, make_registry, csv_dataset
 
 
 def test_interrupted_cache_resumes_and_new_rows_are_added(registry, csv_dataset):
-    s1 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
+    ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
     with registry.session() as s:
         ids = s.scalars(select(Image.id).order_by(Image.id).limit(2)).all()
         s.execute(update(Image).where(Image.id.in_(ids)).values(readable=None, cache_index=None))
