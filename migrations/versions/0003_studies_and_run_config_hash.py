@@ -48,6 +48,7 @@ def upgrade() -> None:
     sa.Column('job_id', sa.String(length=128), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('detail', sa.JSON(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint("state IN ('pending', 'running', 'done', 'failed')", name=op.f('ck_study_cells_state')),
     sa.ForeignKeyConstraint(['comparison_id'], ['comparisons.id'], name=op.f('fk_study_cells_comparison_id_comparisons'), ondelete='SET NULL'),

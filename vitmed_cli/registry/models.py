@@ -486,6 +486,7 @@ class StudyCell(Base):
     job_id: Mapped[Optional[str]] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[Optional[str]] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. every seed's comparison id
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="cells")

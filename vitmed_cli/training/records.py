@@ -68,7 +68,8 @@ def run_dir(registry: Registry, run_id: int) -> Path:
     return path
 
 
-def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo) -> int:
+def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo,
+            config_hash: str | None = None) -> int:
     """The run's row, written before training starts (status running)."""
     run = Run(
         dataset_id=prep.dataset_id,
@@ -89,6 +90,7 @@ def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo) -> 
             "image_cache": prep.cache_path,  # the cache built at the run's size, when there is one
         },
         seed=cfg.seed,
+        config_hash=config_hash,
         status="running",
         epochs_planned=cfg.epochs,
         epochs_done=0,
