@@ -193,16 +193,20 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
                 macro = res0.get(MACRO)
                 target = table.get(c.dataset, {}).get(c.init)
                 if target is not None and macro is not None:
-                    ps = [r.get(MACRO).p_value for _, r in rows if r.get(MACRO) is not None]
-                    target.p = max(ps) if len(ps) > 1 else macro.p_value
-                    target.p_adjusted = macro.p_adjusted
+                    # one comparison per seed: the weakest evidence of them (the largest p) is shown
+                    macros = [r[MACRO] for _, r in rows if r.get(MACRO) is not None]
+                    target.p = _largest([m.p_value for m in macros])
+                    target.p_adjusted = _largest([m.p_adjusted for m in macros])
                     target.vs = _ref_of(c.key)
-                for f, r in res0.items():
+                for f in res0:
                     if f == MACRO:
                         continue
                     cell = per_finding.get(c.dataset, {}).get(f, {}).get(c.init)
                     if cell is not None:
-                        cell.p, cell.p_adjusted, cell.vs = r.p_value, r.p_adjusted, _ref_of(c.key)
+                        same = [r[f] for _, r in rows if f in r]
+                        cell.p = _largest([r.p_value for r in same])
+                        cell.p_adjusted = _largest([r.p_adjusted for r in same])
+                        cell.vs = _ref_of(c.key)
             del ref
     if "seeds" in modes:
         p_note = ("p: paired bootstrap over the test images, each resample averaging an init's AUC over its "
@@ -219,6 +223,11 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
     if fig is not None:
         rep.figures.append(fig)
     return rep
+
+
+def _largest(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return max(finite) if finite else None
 
 
 def _ref_of(key: str) -> str:
@@ -244,9 +253,9 @@ def _protocol(cfg: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
                 for f in dataclasses.fields(TrainConfig)}
     proto = {**{k: v for k, v in defaults.items() if k not in ("dataset", "init", "split", "seed", "findings")},
              **(cfg.get("protocol") or {})}
-    if "rotation" not in proto and "max_rotation" in proto:
-        proto["rotation"] = proto.get("max_rotation")
-    rows = [(k, _val(proto[k])) for k in sorted(proto) if k not in ("max_rotation",) or "rotation" not in defaults]
+    rows = [(k, _val(proto[k])) for k in sorted(proto)]
+    if "rotation" not in proto and "max_rotation" in proto:  # the older name of the same option
+        proto["rotation"] = proto["max_rotation"]
     st = cfg.get("statistics") or {}
     rows += [("seeds", ", ".join(map(str, cfg.get("seeds") or []))),
              ("bootstrap resamples", str(st.get("resamples"))), ("alpha", str(st.get("alpha"))),
@@ -263,6 +272,8 @@ def _protocol(cfg: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
             what = f"{e['pretrain']} file {e.get('file') or e.get('dir')}"
         else:
             what = "registered name"
+        if e.get("protocol"):
+            what += f"; protocol {e['protocol']}"
         rows.append((f"init {name}", what))
     differences = []
     for k, paper in PAPER.items():

@@ -242,7 +242,7 @@ def demo_study_text(settings: DemoSettings | None = None, *, seeds: list[int] | 
         "",
         "[report]",
         f"out = {_toml(report_out)}",
-        'format = "html"',
+        f"format = {_toml('md' if report_out.endswith('.md') else 'html')}",
         "",
         f"[datasets.{SOURCE}]",
         'format = "synthetic"',

@@ -97,7 +97,7 @@ def run_study(
     executor: Executor | None = None,
     db_url: str | None = None,
     max_parallel: int | None = None,
-    poll_seconds: float = 1.0,
+    poll_seconds: float = 0.25,
     on_event: Listener | None = None,
 ) -> StudyRunResult:
     """Run every missing cell of ``spec``; ``executor`` None runs them here, one after another.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,9 +186,11 @@ def _table(value: Any, where: str) -> dict[str, Any]:
 def _known(table: dict[str, Any], where: str, allowed: tuple[str, ...] | list[str], fix: str = "") -> None:
     for key in table:
         if key not in allowed:
-            prefix = f"{where}." if where else ""
+            if not where:
+                raise StudyFileError(f"[{key}] is not a study file table - use one of: "
+                                     f"{', '.join('[' + a + ']' for a in allowed)}")
             raise StudyFileError(
-                f"`{prefix}{key}` is not a study file key - use one of: {', '.join(allowed)}{fix}"
+                f"`{where}.{key}` is not a study file key - use one of: {', '.join(allowed)}{fix}"
             )
 
 
@@ -439,8 +442,9 @@ def _check_train_configs(spec: StudySpec) -> None:
         for i in spec.inits:
             try:
                 spec.train_config(d.name, i, spec.seeds[0]).check()
-            except TrainingError as exc:
-                raise StudyFileError(f"the protocol for {d.name} from {i}: {exc}") from None
+            except TrainingError as exc:  # the training option, named as the study file's key
+                message = re.sub(r"`([A-Za-z_]+)`", r"`protocol.\1`", str(exc))
+                raise StudyFileError(f"{message} (fine-tuning {d.name} from {i})") from None
             except TypeError as exc:  # pragma: no cover - keys are checked against the fields above
                 raise StudyFileError(f"the protocol for {d.name} from {i}: {exc}") from None
 
