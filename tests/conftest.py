@@ -46,6 +46,8 @@ def _isolated_workspace(tmp_path_factory, monkeypatch):
     for name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+    # pytest-xdist workers inherit COLUMNS=80; the CLI under test writes to a pipe, as a user's would
+    monkeypatch.delenv("COLUMNS", raising=False)
     return home
 
 

@@ -5,7 +5,9 @@
   tiny ViT can learn it in seconds (training, prediction, DDP tests);
 * :func:`add_dataset` writes patients with 1-4 images and patient-level findings
   through the ORM (split tests);
-* :func:`populate_registry` writes one of everything (registry and CLI tests).
+* :func:`populate_registry` writes one of everything (registry and CLI tests);
+* :func:`add_seeded_evaluations` writes a test part and, per initialisation and seed, a
+  completed run with an evaluation of synthetic scores (multi-seed comparisons).
 """
 
 from __future__ import annotations
@@ -226,6 +228,56 @@ def populate_registry(reg) -> dict[str, int]:
         s.add(ComparisonResult(comparison_id=cmp.id, finding="__macro__", diff=0.1, p_value=0.5))
         return {"dataset": ds.id, "run": run.id, "eval_a": ev_a.id, "eval_b": ev_b.id,
                 "comparison": cmp.id, "init": init.id}
+
+
+SEED_FINDINGS = ("Cardiomegaly", "Effusion", "Nodule")
+
+
+def add_seeded_evaluations(registry, *, inits: dict[str, float], seeds=(0, 1, 2), name: str = "toy",
+                           n: int = 120, findings: tuple[str, ...] = SEED_FINDINGS, seed: int = 0,
+                           tune: str | dict[str, str] = "all", images: dict[tuple[str, int], int] | None = None) -> dict:
+    """A dataset whose test part is ``n`` images, and for each init (name -> signal strength) and
+    seed a completed run (trained as ``tune``, one for all or per init) with an evaluation: scores = strength * label + noise shared by the init
+    + seed noise, rounded to 0.01 (ties).  ``images`` maps (init, seed) to how many of the test
+    images that evaluation scores (the first ones).  Returns the labels (NaN = not labelled),
+    scores and evaluation ids by (init, seed)."""
+    from vitmed_cli.evaluations.store import store_evaluation
+
+    rng = np.random.default_rng(seed)
+    k = len(findings)
+    y = (rng.random((n, k)) < np.linspace(0.2, 0.45, k)).astype(float)
+    y[rng.random((n, k)) < 0.08] = np.nan  # not labelled: left out of that finding
+    out = {"y": y, "scores": {}, "evaluations": {}, "findings": list(findings)}
+    with registry.session() as s:
+        ds = Dataset(name=name, format="csv", source_path="/nowhere", image_size=32)
+        ds.findings = [Finding(canonical=f, native=f.lower(), position=i) for i, f in enumerate(findings)]
+        s.add(ds)
+        s.flush()
+        sp = Split(dataset_id=ds.id, name="default", method="random", seed=0)
+        imgs = [Image(dataset_id=ds.id, key=f"img{i:04d}", patient_id=f"p{i}", view="frontal",
+                      source_path=f"/nowhere/{i}.png") for i in range(n)]
+        s.add_all([sp, *imgs])
+        s.flush()
+        s.add_all([SplitAssignment(split_id=sp.id, image_id=im.id, part="test") for im in imgs])
+        image_ids = np.array([im.id for im in imgs])
+        finding_ids = [f.id for f in ds.findings]
+        for init, strength in inits.items():
+            shared = rng.normal(size=(n, k))
+            for sd in seeds:
+                p = 1 / (1 + np.exp(-(strength * np.nan_to_num(y) + shared + 0.6 * rng.normal(size=(n, k)))))
+                p = np.round(p, 2)
+                m = (images or {}).get((init, sd), n)
+                run = Run(dataset_id=ds.id, split_id=sp.id, init_name=init, arch="x", image_size=32,
+                          seed=sd, epochs_planned=1, status="completed", config={"train": {"tune": tune if isinstance(tune, str) else tune[init]}})
+                s.add(run)
+                s.flush()
+                ev = Evaluation(name=f"{init}-{sd}", source="predict", run_id=run.id, dataset_id=ds.id,
+                                split_id=sp.id, part="test", init_name=init, n_images=m)
+                out["evaluations"][(init, sd)] = store_evaluation(
+                    s, ev, metrics=[], image_ids=image_ids[:m], finding_ids=finding_ids,
+                    probabilities=p[:m], labels=y[:m])
+                out["scores"][(init, sd)] = p
+    return out
 
 
 # --------------------------------------------------------------------------- weights in release layouts

@@ -120,6 +120,16 @@ def test_predicting_twice_says_so_and_prune_frees_resume_files(registry, tmp_pat
     assert more.exit_code == 1
     assert (f"its resume.pt was removed to save space - train on from its weights in a new run "
             f"(--init run:{dropped['run_id']}), or keep resume.pt next time (--keep-resume)") in more.stderr
+    plain = _invoke(url, "finetune", "--resume", str(dropped["run_id"]))
+    assert plain.exit_code == 1  # the removed file is said first, not "pass a larger --epochs"
+    assert f"run {dropped['run_id']} is already completed (1 epochs) and its resume.pt was removed" \
+        in " ".join(plain.stderr.split())
+    changed = _invoke(url, "finetune", "--resume", str(kept["run_id"]), "--epochs", "2", "--lr", "0.5",
+                      "--batch-size", "4")
+    assert changed.exit_code == 1
+    assert " ".join(changed.stderr.split()) == (
+        f"Error: --batch-size, --lr: --resume {kept['run_id']} continues the run with the settings it was "
+        "started with (only --epochs and --device may change) - leave them out")
     first = _invoke(url, "predict", "--run", str(kept["run_id"]), "--name", "mine")
     assert first.exit_code == 0 and "warning" not in first.stderr
     second = _invoke(url, "predict", "--run", str(kept["run_id"]), "--name", "mine")

@@ -248,11 +248,11 @@ def test_compare_checks_the_csv_path_before_computing_or_storing(registry, tmp_p
         write_csv(tmp_path / f"{name}.csv", y, strength, seed=seed)
         ids.append(import_evaluation(registry, tmp_path / f"{name}.csv", dataset="toy", name=name)["evaluation_id"])
     evals = ["--eval", str(ids[0]), "--eval", str(ids[1]), "--n-resamples", "20"]
-    bad = tmp_path / "missing" / "out.csv"
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "out.csv"
     res = invoke(registry, "compare", *evals, "--csv", str(bad))
     assert res.exit_code == 1 and "Traceback" not in res.output
-    assert res.stderr.strip() == (f"Error: --csv {bad}: cannot write it (No such file or directory) "
-                                  "- choose a path in an existing, writable folder")
+    assert res.stderr.strip() == f"Error: cannot create the folder of --csv {bad}: File exists - choose a writable place"
     with registry.session() as s:
         assert s.scalar(select(func.count()).select_from(Comparison)) == 0
     # a failed comparison leaves an existing file as it was, and creates no new one
@@ -367,3 +367,30 @@ def test_warnings_are_stored_with_the_comparison_and_reach_json_and_the_report(r
     assert f"> **Warning:** {expected}" in md
     html = create_report(registry, tmp_path / "r.html", n_resamples=20).path.read_text()
     assert f"<strong>Warning:</strong> {expected}" in html
+
+
+def test_too_few_resamples_for_alpha_is_a_stored_warning(registry, tmp_path):
+    from vitmed_cli.registry.models import Comparison
+
+    y = make_dataset(registry)
+    ids = []
+    for name, strength, seed in [("a", 2.0, 1), ("b", 1.0, 2)]:
+        write_csv(tmp_path / f"{name}.csv", y, strength, seed=seed)
+        ids.append(import_evaluation(registry, tmp_path / f"{name}.csv", dataset="toy", name=name)["evaluation_id"])
+    out = json.loads(invoke(registry, "compare", "--eval", str(ids[0]), "--eval", str(ids[1]),
+                            "--n-resamples", "30", "--json").stdout)
+    floor = 2 / 31  # the smallest bootstrap p-value with 30 resamples, above alpha 0.05
+    from vitmed_cli.choices import DEFAULT_RESAMPLES
+
+    expected = (f"with 30 resamples the smallest possible p-value is {floor:.3g}, above `alpha` 0.05: no "
+                f"difference can come out significant - use `n_resamples` of at least 40 (default "
+                f"{DEFAULT_RESAMPLES})")
+    assert expected in out["warnings"]
+    shown = invoke(registry, "compare", "--eval", str(ids[0]), "--eval", str(ids[1]), "--n-resamples", "30")
+    assert "above --alpha 0.05" in " ".join(shown.stdout.split())
+    assert min(f["p_value"] for f in out["findings"]) >= floor - 1e-12
+    with registry.session() as s:
+        assert any(w.startswith("with 30 resamples") for w in s.get(Comparison, out["comparison_id"]).options["warnings"])
+    enough = json.loads(invoke(registry, "compare", "--eval", str(ids[0]), "--eval", str(ids[1]),
+                               "--n-resamples", "40", "--json").stdout)
+    assert not any(w.startswith("with 40 resamples") for w in enough["warnings"])

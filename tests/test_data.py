@@ -139,7 +139,7 @@ def test_loader_shards_per_rank(cache):
 def test_cpu_augmentation_flips_and_rotates_deterministically(cache):
     path, arr = cache
     rows = np.arange(50)
-    flip_only = BatchLoader(str(path), rows, None, batch_size=50, augment=True, max_rotation=0.0,
+    flip_only = BatchLoader(str(path), rows, None, batch_size=50, augment=True, rotation=0.0,
                             seed=5)
     out = _epoch(flip_only)[0].images.numpy()
     flipped = [np.array_equal(out[i], arr[i, :, ::-1]) for i in range(50)]

@@ -97,7 +97,13 @@ def test_threshold_is_chosen_on_the_validation_part(trained):
     from vitmed_cli.stats import youden_threshold
 
     reg, _, run_id = trained
-    val = predict(reg, run_id=run_id, part="val")
+    said = []
+    val = predict(reg, run_id=run_id, part="val", on_event=said.append)
+    assert [e.text for e in said if getattr(e, "level", "") == "warning"] == [
+        "the val part chose the thresholds it is scored with (sensitivity, specificity, accuracy are "
+        "optimistic) and the run's best epoch (so is its AUC) - score the test part for unbiased numbers"]
+    with reg.session() as s:
+        assert s.get(Evaluation, val.evaluation_id).config["threshold_on_scored_part"] is True
     test = predict(reg, run_id=run_id, part="test")
     rows, _ = _stored(reg, val.evaluation_id)
     for f in ("Effusion", "Nodule"):
@@ -116,6 +122,11 @@ def test_cross_dataset_scores_shared_findings_and_names_skipped(trained):
     assert {r[0] for r in rows} == {"Nodule"} and len(rows) == res.n_images
     with reg.session() as s:
         assert s.get(Evaluation, res.evaluation_id).skipped_findings == ["Effusion", "Pneumothorax"]
+    # the report's provenance names the run and the dataset it trained on, not "imported scores"
+    from vitmed_cli.report import build_report, render_html
+
+    page = render_html(build_report(reg, datasets=["other"], n_resamples=20))
+    assert f"run {run_id} (trained on dataset toy)" in page and "no run (imported scores)" not in page
 
 
 def test_cli_predict_json_and_evals_list(trained):

@@ -388,6 +388,19 @@ def test_cli_creates_a_missing_output_folder(filled, tmp_path):
     r = CliRunner().invoke(app, ["--db", info["url"], "report", "--out", str(out), "--resamples", "20"])
     assert r.exit_code == 0, r.output
     assert out.is_file() and out.read_text().startswith("<!DOCTYPE html>")
+    labels = tmp_path / "also" / "new" / "labels.csv"  # every command that writes a named file does so
+    r = CliRunner().invoke(app, ["--db", info["url"], "datasets", "export", "toyxr", "--out", str(labels)])
+    assert r.exit_code == 0, r.output
+    assert labels.read_text().startswith("key,patient_id,view,")
+
+
+def test_cli_refuses_a_format_its_file_name_contradicts(filled, tmp_path):
+    reg, info = filled
+    out = tmp_path / "r.html"
+    r = CliRunner().invoke(app, ["--db", info["url"], "report", "--format", "md", "--out", str(out)])
+    assert r.exit_code == 1 and not out.exists()
+    assert r.stderr.strip() == (f"Error: --out {out} ends in .html but --format is md - name the file "
+                                f"{tmp_path / 'r.md'} or leave out --format")
 
 
 def _chromium() -> str | None:

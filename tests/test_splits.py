@@ -248,10 +248,13 @@ def test_cli_errors(registry, sqlite_url, tmp_path):
     _one_line_error(run(sqlite_url, "split", "toy", "--export", "nope"),
                     "dataset 'toy' has no split 'nope' (run: vitmed split toy)")
     assert run(sqlite_url, "split", "toy", "--seed", "3").exit_code == 0
-    missing = tmp_path / "missing" / "x.csv"
-    _one_line_error(run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(missing)),
-                    f"cannot write {missing}: No such file or directory - choose a path in an "
-                    "existing, writable folder")
+    missing = tmp_path / "missing" / "x.csv"  # a missing folder is made, as for every output file
+    assert run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(missing)).exit_code == 0
+    assert missing.read_text().startswith("image_key,")
+    (tmp_path / "afile").write_text("")
+    under_file = tmp_path / "afile" / "x.csv"
+    _one_line_error(run(sqlite_url, "split", "toy", "--export", "patient-s3", "--out", str(under_file)),
+                    f"cannot create the folder of --out {under_file}: File exists - choose a writable place")
 
 
 def test_split_of_an_ingested_synthetic_dataset(registry, tmp_path):
@@ -269,3 +272,46 @@ def test_split_of_an_ingested_synthetic_dataset(registry, tmp_path):
     assert all(len(v) == 1 for v in parts_of.values()) and len(parts_of) > 20
     for part in ("train", "val", "test"):
         assert all(n > 0 for n in info["parts"][part]["positives"].values()), info["parts"]
+
+
+def test_split_warns_of_no_val_part_and_of_findings_without_positives_in_val_or_test(registry):
+    add_dataset(registry, n_patients=120, seed=3)
+    from vitmed_cli.registry.models import Finding, Label
+
+    with registry.session() as s:  # "Rare Thing": positive in one patient's images only
+        rare = s.scalar(select(Finding.id).where(Finding.canonical == "Rare Thing"))
+        one = s.scalars(select(Image.id).where(Image.patient_id == "P0001")).all()
+        s.execute(update(Label).where(Label.finding_id == rare).values(value=0))
+        s.execute(update(Label).where(Label.finding_id == rare, Label.image_id.in_(one)).values(value=1))
+        s.execute(update(Image).values(cache_index=Image.id))  # as if cached: parts are used
+    none = make_split(registry, "toy", val=0.0, test=0.2, seed=0, name="noval")
+    assert none["warnings"][0].startswith("no validation part (`val` 0) - finetune chooses the best epoch")
+    said_val = 0
+    for seed in range(6):
+        small = make_split(registry, "toy", val=0.05, test=0.2, seed=seed, name=f"small{seed}")
+        said_val += _check_missing_positive_warnings(registry, small)
+    assert said_val  # a rare finding (2% of patients) misses the val part of some of these splits
+
+
+def _check_missing_positive_warnings(registry, small) -> int:
+    """The warnings equal an independent count: findings with a training positive, none in val/test."""
+    from vitmed_cli.registry.models import Finding, Label
+
+    with registry.session() as s:
+        rows = s.execute(
+            select(SplitAssignment.part, Finding.canonical)
+            .join(Label, Label.image_id == SplitAssignment.image_id)
+            .join(Finding, Finding.id == Label.finding_id)
+            .where(SplitAssignment.split_id == small["id"], Label.value == 1)
+        ).all()
+    pos = {(part, f) for part, f in rows}
+    for part in ("val", "test"):
+        missing = [f for f in FINDINGS if ("train", f) in pos and (part, f) not in pos]
+        said = [w for w in small["warnings"] if w.startswith(f"the {part} part has no positive image of")]
+        if missing:
+            assert said == [f"the {part} part has no positive image of {', '.join(missing)} - "
+                            + ("their validation AUC is not defined" if part == "val" else "they cannot be scored")
+                            + f"; a larger `{part}` fraction may give them some"]
+        else:
+            assert said == []
+    return any(w.startswith("the val part has no positive image of") for w in small["warnings"])

@@ -221,3 +221,92 @@ def test_delong_reports_no_p_value_for_a_difference_without_variance():
     assert np.isnan(r.p_value) and np.isnan(r.ci_low) and np.isnan(r.ci_high)
     same = stats.delong_test(np.array([1.0, 0.0]), np.array([0.9, 0.1]), np.array([0.8, 0.2]))
     assert same.diff == 0.0 and same.p_value == 1.0
+
+
+def _seed_scores(y, n_seeds, strength, seed, ties=True):
+    """Scores of ``n_seeds`` models of one initialisation: a shared signal plus seed noise."""
+    rng = np.random.default_rng(seed)
+    base = y * strength + rng.normal(size=y.shape)
+    out = [base + 0.5 * rng.normal(size=y.shape) for _ in range(n_seeds)]
+    return [np.round(s, 1) for s in out] if ties else out
+
+
+def _slow_seed_aucs(y, scores, idx):
+    """(S, k, B) resampled AUCs of each seed with sklearn, NaN where a finding lacks a class."""
+    return np.array([[[_sk_auc(y[r, j], s[r, j]) for r in idx] for j in range(y.shape[1])]
+                     for s in scores])
+
+
+def test_paired_bootstrap_seeds_matches_a_direct_loop():
+    y, _, _ = _data(n=140, k=3, seed=21, prevalence=(0.08, 0.3, 0.6))
+    y[::6, 1] = np.nan
+    sa, sb = _seed_scores(y, 3, 0.9, seed=1), _seed_scores(y, 2, 0.5, seed=2)
+    idx = stats.bootstrap_indices(len(y), 100, seed=5)
+    res = stats.paired_bootstrap_seeds(y, sa, sb, n_resamples=100, seed=5)
+    assert stats.paired_bootstrap_seeds(y, sa, sb, indices=idx).macro == res.macro
+    ba, bb = _slow_seed_aucs(y, sa, idx), _slow_seed_aucs(y, sb, idx)  # (S, k, B)
+    # each resample: the seed-mean AUC of A minus that of B, on the same images
+    d = ba.mean(axis=0) - bb.mean(axis=0)
+    full_a = np.array([[_sk_auc(y[:, j], s[:, j]) for j in range(3)] for s in sa])
+    full_b = np.array([[_sk_auc(y[:, j], s[:, j]) for j in range(3)] for s in sb])
+    assert res.n_seeds_a == 3 and res.n_seeds_b == 2 and res.n_resamples == 100
+    for j, f in enumerate(res.findings):
+        assert f.auc_a == pytest.approx(full_a[:, j].mean(), abs=1e-12)
+        assert f.auc_b == pytest.approx(full_b[:, j].mean(), abs=1e-12)
+        assert f.diff == pytest.approx(f.auc_a - f.auc_b, abs=1e-15)
+        ok = d[j][~np.isnan(d[j])]
+        lo, hi = np.quantile(ok, [0.025, 0.975])
+        assert (f.ci_low, f.ci_high) == pytest.approx((lo, hi), abs=1e-9)
+        assert f.p_value == pytest.approx(_slow_p(d[j]), abs=1e-12)
+        assert f.n_degenerate == int(np.isnan(d[j]).sum())
+        # each side over its seeds: mean, SD (ddof=1) and the bootstrap SD of the seed mean
+        a = res.a[j]
+        assert a.mean == pytest.approx(full_a[:, j].mean(), abs=1e-12)
+        assert a.sd == pytest.approx(full_a[:, j].std(ddof=1), abs=1e-12)
+        assert a.per_seed == pytest.approx(tuple(full_a[:, j]), abs=1e-12)
+        m = ba[:, j].mean(axis=0)
+        assert a.bootstrap_sd == pytest.approx(m[~np.isnan(m)].std(ddof=1), abs=1e-9)
+        for s in range(3):
+            one = ba[s, j][~np.isnan(ba[s, j])]
+            assert a.per_seed_bootstrap_sd[s] == pytest.approx(one.std(ddof=1), abs=1e-9)
+    valid = ~np.isnan(d).any(axis=0)
+    md = ba.mean(axis=0)[:, valid].mean(axis=0) - bb.mean(axis=0)[:, valid].mean(axis=0)
+    assert res.macro.diff == pytest.approx(full_a.mean() - full_b.mean(), abs=1e-12)
+    assert res.macro.p_value == pytest.approx(_slow_p(md), abs=1e-12)
+    lo, hi = np.quantile(md, [0.025, 0.975])
+    assert (res.macro.ci_low, res.macro.ci_high) == pytest.approx((lo, hi), abs=1e-9)
+    assert res.macro.n_degenerate == int((~valid).sum())
+    macro_seeds = full_b.mean(axis=1)
+    assert res.b_macro.mean == pytest.approx(macro_seeds.mean(), abs=1e-12)
+    assert res.b_macro.sd == pytest.approx(macro_seeds.std(ddof=1), abs=1e-12)
+    mb = bb.mean(axis=0)[:, valid].mean(axis=0)
+    assert res.b_macro.bootstrap_sd == pytest.approx(mb.std(ddof=1), abs=1e-9)
+    assert res.per_seed == []
+
+
+def test_paired_bootstrap_seeds_with_one_seed_equals_paired_bootstrap():
+    y, a, b = _data(n=150, k=4, seed=7)
+    y[::5, 2] = np.nan
+    one = stats.paired_bootstrap(y, a, b, n_resamples=200, seed=11)
+    res = stats.paired_bootstrap_seeds(y, [a], [b], n_resamples=200, seed=11)
+    assert res.findings == one.findings and res.macro == one.macro
+    assert res.a[0].sd is None and res.a_macro.sd is None
+    boot = stats.bootstrap_auc(y, a, n_resamples=200, seed=11)
+    assert [s.bootstrap_sd for s in res.a] == pytest.approx([f.sd for f in boot.findings], abs=1e-12)
+    assert res.a_macro.bootstrap_sd == pytest.approx(boot.macro.sd, abs=1e-12)
+
+
+def test_paired_bootstrap_seeds_per_seed_on_the_same_resamples():
+    y, _, _ = _data(n=120, k=2, seed=3, prevalence=(0.2, 0.5))
+    sa, sb = _seed_scores(y, 2, 0.8, seed=4), _seed_scores(y, 2, 0.3, seed=5)
+    res = stats.paired_bootstrap_seeds(y, sa, sb, n_resamples=120, seed=2, per_seed=True)
+    assert [(p.index_a, p.index_b) for p in res.per_seed] == [(0, 0), (1, 1)]
+    for p in res.per_seed:
+        want = stats.paired_bootstrap(y, sa[p.index_a], sb[p.index_b], n_resamples=120, seed=2)
+        assert p.result.findings == want.findings and p.result.macro == want.macro
+    crossed = stats.paired_bootstrap_seeds(y, sa, sb[:1], n_resamples=20, seed_pairs=[(1, 0)])
+    assert [(p.index_a, p.index_b) for p in crossed.per_seed] == [(1, 0)]
+    with pytest.raises(StatsError, match="A has 2 seeds and B 1"):
+        stats.paired_bootstrap_seeds(y, sa, sb[:1], n_resamples=20, per_seed=True)
+    with pytest.raises(StatsError, match=r"scores_b\[1\]: .*align both"):
+        stats.paired_bootstrap_seeds(y, sa, [sb[0], sb[1][:-1]], n_resamples=20)

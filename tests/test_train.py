@@ -221,7 +221,7 @@ def test_cli_min_positives_leaves_out_and_records_findings(registry, tmp_path):
 def test_non_findings_are_skipped_by_default_and_findings_picks(registry, tmp_path):
     from vitmed_cli.registry.models import Dataset
 
-    build_dataset(registry, tmp_path, n=60)
+    build_dataset(registry, tmp_path, n=120)  # enough validation images for each finding's AUC
     with registry.session() as s:
         ds = s.scalars(select(Dataset)).one()
         ds.options = {"non_findings": ["Effusion"]}
@@ -306,3 +306,20 @@ def test_changed_init_file_is_refused_before_any_run_row(registry, tmp_path):
                                    *TINY_ARGS))
     assert "changed since it was registered" in line
     assert _n_runs(registry) == 0
+
+
+def test_finetune_refuses_a_validation_part_where_no_finding_has_positives_and_negatives(registry, tmp_path):
+    from vitmed_cli.registry.models import Label, SplitAssignment
+
+    build_dataset(registry, tmp_path, n=60)
+    with registry.session() as s:  # every validation label negative: no validation AUC is defined
+        val_ids = select(SplitAssignment.image_id).where(SplitAssignment.part == "val")
+        s.execute(Label.__table__.update().where(Label.image_id.in_(val_ids)).values(value=0))
+    with pytest.raises(TrainingError) as err:
+        finetune(registry, dataset="toy", epochs=1, device="cpu", **FAST)
+    assert str(err.value) == (
+        "no finding has both positive and negative images in the validation part of split 'default' of "
+        "dataset 'toy' - the validation macro AUC that chooses the best epoch is not defined; make a split "
+        "with a larger `val` (see vitmed split --help)")
+    with registry.session() as s:
+        assert s.scalar(select(func.count()).select_from(Run)) == 0

@@ -41,6 +41,7 @@ _PUBLIC = {
     "roc_auc": "stats",
     "delong_test": "stats",
     "paired_bootstrap": "stats",
+    "paired_bootstrap_seeds": "stats",
     "bootstrap_auc": "stats",
     "fdr_bh": "stats",
 }

@@ -36,6 +36,22 @@ def format_p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def output_file(path: str | os.PathLike, param: str = "out") -> Path:
+    """An output file's path, its folder created when missing; a folder or an unwritable place is
+    refused naming ``param``.  Every command that writes a file the user names goes through here."""
+    from .errors import InputError
+
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise InputError(f"`{param}` {out} is a folder - give a file name in it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the folder of `{param}` {out}: {exc.strerror or exc} - choose "
+                         "a writable place") from exc
+    return out
+
+
 def _umask() -> int:
     try:  # reading /proc does not change the process umask (os.umask would, briefly)
         with open("/proc/self/status", encoding="ascii") as fh:

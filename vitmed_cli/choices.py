@@ -142,6 +142,14 @@ def parse_tune(value: "str | Tune") -> tuple[str, int | None]:
     raise ConfigError(f"`tune` must be all, head or last:N with N >= 1 blocks (e.g. last:2), got {raw!r}")
 
 
+class Normalise(Choice):
+    """Model input: the initialisation's mean/std (``init``), or the image in [0, 1] as the
+    study fed it (``none``: ``ToTensor`` only)."""
+
+    init = "init"
+    none = "none"
+
+
 class RunStatus(Choice):
     """Where a run stands."""
 
@@ -151,12 +159,21 @@ class RunStatus(Choice):
     interrupted = "interrupted"
 
 
-# Fine-tuning, as in the study unless said otherwise.
+# Fine-tuning.  Where a default is not the study's choice, the study's value is beside it
+# (STUDY_*, from its published code: ../shared/study/tayebi2024.md) and the option's help
+# says so.
 DEFAULT_EPOCHS = 10
+STUDY_EPOCHS = 100
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 1e-5
+STUDY_BATCH_SIZE = 30
+DEFAULT_LR = 1e-5  # the study's
 DEFAULT_WEIGHT_DECAY = 0.01
-DEFAULT_MAX_ROTATION = 10.0
+STUDY_WEIGHT_DECAY = 0.0
+DEFAULT_ROTATION = 10.0  # degrees, drawn uniformly from +-ROTATION
+STUDY_ROTATION = 7.0
+DEFAULT_FLIP = True  # horizontal flip, p = 0.5: the study's
+DEFAULT_NORMALISE = Normalise.init.value
+STUDY_NORMALISE = Normalise.none.value
 DEFAULT_NUM_WORKERS = 1
 DEFAULT_TUNE = Tune.all.value
 

@@ -3,8 +3,10 @@
 Training (validation every epoch) and prediction both score images through
 :func:`predict_logits`, so a model sees the same input both times:
 grayscale uint8 from the cache, resized when the run trains at another size,
-expanded to the model's channels and normalised with the model's own mean/std
-(timm's pretrained config, never retyped).  On a GPU the forward pass runs
+expanded to the model's channels and normalised as the run chose
+(:func:`input_norm`): with the model's own mean/std (timm's pretrained config,
+never retyped; ``normalise`` init) or not at all, the image in [0, 1] as the study
+fed it (``normalise`` none: torchvision's ``ToTensor`` only).  On a GPU the forward pass runs
 under bf16 autocast (fp16 where bf16 is missing) with channels-last memory.
 """
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .choices import Device
+from .choices import Device, Normalise
 from .datasets.loader import BatchLoader
 from .errors import TrainingError
 
@@ -51,6 +53,16 @@ def model_norm(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, 
 
     cfg = resolve_model_data_config(model)
     return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
+def input_norm(model: torch.nn.Module, normalise: str = "init") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std a run's inputs are normalised with: the model's own (``init``), or
+    zero and one (``none``: the image in [0, 1]), one value per input channel."""
+    normalise = Normalise.parse(normalise, "normalise").value
+    mean, std = model_norm(model)
+    if normalise == Normalise.none.value:
+        return (0.0,) * len(mean), (1.0,) * len(std)
+    return mean, std
 
 
 def model_input(
@@ -116,6 +128,6 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "amp_dtype_for", "autocast", "model_input", "model_norm", "predict_logits", "probabilities",
+    "amp_dtype_for", "autocast", "input_norm", "model_input", "model_norm", "predict_logits", "probabilities",
     "resolve_device",
 ]

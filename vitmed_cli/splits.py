@@ -319,6 +319,19 @@ def part_warnings(summary: dict[str, Any], fractions: dict[str, float | None]) -
     the split is made (not first at finetune).  ``fractions``: the parts asked for (None: official)."""
     unit = "patients" if summary["by"] == "patient" else "images"
     out = []
+    if fractions.get("val") == 0:
+        out.append("no validation part (`val` 0) - finetune chooses the best epoch and the thresholds on "
+                   "it; make the split with `val` above 0 to fine-tune on this split")
+    for part in ("val", "test"):
+        info = summary["parts"][part]
+        if not info["n_used"]:
+            continue
+        missing = [f for f, n in info["positives"].items()
+                   if n == 0 and summary["parts"]["train"]["positives"].get(f)]
+        if missing:
+            out.append(f"the {part} part has no positive image of {', '.join(missing)} - "
+                       f"{'their validation AUC is not defined' if part == 'val' else 'they cannot be scored'}"
+                       f"; a larger `{part}` fraction may give them some")
     for part, frac in fractions.items():
         info = summary["parts"][part]
         if info["n_used"] or frac == 0:

@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import VitmedError
-from ._common import AppState, cli_message, piped_width, state
+from ._common import AppState, cli_message, fit_width, piped_width, state
 
 
 def _debug_wanted(ctx) -> bool:
@@ -96,6 +96,7 @@ def root(
         Optional[str],
         typer.Option(
             "--db",
+            metavar="URL",
             envvar="VITMED_DB_URL",
             help="Registry URL (sqlite:///PATH or postgresql+psycopg://USER:PW@HOST/DB). "
             "Default: registry.db in the workspace VITMED_HOME (~/.vitmed).",
@@ -114,6 +115,7 @@ def root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
+    fit_width()
     st = state(ctx)
     st.db, st.json, st.debug = db, json_out, debug
 

@@ -26,6 +26,7 @@ from rich.text import Text
 
 from .._util import finite_or_none
 from ..choices import Part  # noqa: F401 - shared by the commands
+from ..errors import ConfigError
 from ..events import Event, Notice, Progress
 from ..registry.db import Registry, open_registry
 
@@ -43,6 +44,12 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+
+
+def fit_width() -> None:
+    """Size both consoles for the streams of this command (not those seen when vitmed was imported)."""
+    console.width = piped_width(sys.stdout)
+    err_console.width = piped_width(sys.stderr)
 
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 DatasetArg = Annotated[str, typer.Argument(metavar="NAME", help="Dataset name, as given to vitmed ingest --name.",
@@ -242,6 +249,18 @@ def cli_message(message: str, command=None) -> str:
         return options.get(dashed) or options.get(name) or name
 
     return _PARAM.sub(flag, message)
+
+
+def refuse_given(ctx: typer.Context, *, keep: set[str], why: str) -> None:
+    """Refuse options the user typed that a mode ignores (e.g. training options with --resume)."""
+    given = [
+        p for p in ctx.command.params
+        if p.name not in keep and getattr(p, "param_type_name", "") == "option"
+        and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+    if given:
+        flags = ", ".join(p.opts[0] for p in given)
+        raise ConfigError(f"{flags}: {why} - leave {'it' if len(given) == 1 else 'them'} out")
 
 
 def print_table(

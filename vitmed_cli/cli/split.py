@@ -10,6 +10,7 @@ import typer
 from rich.text import Text
 
 from .. import splits
+from .._util import atomic_write, output_file
 from ..errors import ConfigError
 from ._common import JsonOpt, cli_message, console, err_console, print_json, state, want_json
 
@@ -93,12 +94,9 @@ def split(
         text = splits.export_split(registry, name, export)
         if out is not None:
             try:
-                out.write_text(text, encoding="utf-8")
+                atomic_write(output_file(out), text.encode("utf-8"))
             except OSError as exc:
-                raise ConfigError(
-                    f"cannot write {out}: {exc.strerror or exc} - choose a path in an existing, "
-                    "writable folder"
-                ) from exc
+                raise ConfigError(f"cannot write {out}: {exc.strerror or exc} - choose a writable place") from exc
             err_console.print(Text(f"wrote split {export} of {name} to {out}"))
         else:
             sys.stdout.write(text)

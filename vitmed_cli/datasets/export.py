@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import select
 
-from ..errors import InputError
+from .._util import atomic_write, output_file
 from ..registry.db import Registry
 from ..registry.models import Finding, Image, Label
 from ..registry.queries import get_dataset
@@ -46,10 +47,9 @@ def export_labels(registry: Registry, name: str, out: str | Path | IO[str]) -> d
         out.flush()
         out = None
     else:
-        out = Path(out)
-        if out.parent and not out.parent.is_dir():
-            raise InputError(f"folder {out.parent} does not exist - create it or choose another `out`")
-        with open(out, "w", newline="") as fh:
-            write(fh)
+        out = output_file(out)
+        buf = io.StringIO(newline="")
+        write(buf)
+        atomic_write(out, buf.getvalue().encode("utf-8"))
     return {"dataset": name, "n_images": len(images), "findings": [f.canonical for f in findings],
             "out": str(out) if out else None}

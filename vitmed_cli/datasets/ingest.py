@@ -25,7 +25,7 @@ from ..choices import DEFAULT_IMAGE_SIZE, Format, LabelPolicy
 from ..errors import AlreadyExists, ConfigError, InputError
 from ..events import Listener, progress
 from ..registry.db import Registry
-from ..registry.models import Dataset, Finding, Image, Label
+from ..registry.models import DERIVED_NATIVE, Dataset, Finding, Image, Label
 from ..registry.names import check_name
 from .cache import ensure_cache, fill_cache
 from .findings import harmonise
@@ -171,7 +171,9 @@ def _add_findings(s, ds: Dataset, natives: list[str]) -> np.ndarray:
     fmap = harmonise(natives)
     known = {f.native: f for f in ds.findings}
     next_pos = len(known)
-    used = {f.canonical for f in ds.findings}
+    # a derived finding's row (made by an evaluation) keeps its name
+    used = {f.canonical for f in ds.findings} | set(s.scalars(select(Finding.canonical).where(
+        Finding.dataset_id == ds.id, Finding.native == DERIVED_NATIVE)))
     for canonical, native in fmap.pairs:
         if native in known:
             continue
@@ -422,8 +424,8 @@ def _counts(registry: Registry, dataset_id: int, has_patient_ids: bool, inverted
             ) if has_patient_ids else None,
             "errors": [{"key": k, "error": e} for k, e in s.execute(
                 select(t.c.key, t.c.error).where(unreadable).order_by(t.c.id).limit(10))],
-            "findings": list(s.scalars(select(Finding.canonical).where(Finding.dataset_id == dataset_id)
-                                       .order_by(Finding.position))),
+            "findings": list(s.scalars(select(Finding.canonical).where(
+                Finding.dataset_id == dataset_id, Finding.native != DERIVED_NATIVE).order_by(Finding.position))),
             "first_bad": s.execute(select(t.c.source_path, t.c.key, t.c.error).where(unreadable)
                                    .order_by(t.c.id).limit(1)).first(),
         }

@@ -5,8 +5,10 @@ batches: a seeded permutation of row indices, a gather from the memory-mapped ui
 a non-blocking copy to the device, and augmentation of the whole batch, so the
 cost per image is O(1) and never touches a DataFrame.
 
-Augmentation follows the study: random horizontal flip (p = 0.5) and a
-rotation drawn uniformly from +-``max_rotation`` degrees.  On a GPU the whole
+Augmentation is the study's kind: a random horizontal flip (p = 0.5, ``flip``) and a
+rotation drawn uniformly from +-``rotation`` degrees (the study: +-7; vitmed's default
+10).  With neither (``flip`` off, ``rotation`` 0) a batch is passed through untouched,
+as without ``augment``.  On a GPU the whole
 batch is rotated there (``affine_grid``/``grid_sample``, bilinear); without
 one the loader threads rotate with cached nearest-neighbour index maps (the
 default interpolation of torchvision's ``RandomRotation``) at 0.5 degree
@@ -39,9 +41,9 @@ ROTATION_STEP_DEGREES = 0.5
 class _RotationMaps:
     """Nearest-neighbour index maps for quantised rotations (flip folded in), built lazily."""
 
-    def __init__(self, size: int, max_rotation: float):
+    def __init__(self, size: int, rotation: float):
         self.size = size
-        self.steps = max(0, int(round(max_rotation / ROTATION_STEP_DEGREES)))
+        self.steps = max(0, int(round(rotation / ROTATION_STEP_DEGREES)))
         self._maps: dict[tuple[int, bool], np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -80,7 +82,7 @@ def batch_seed(seed: int, epoch: int, batch: int) -> list[int]:
     return [int(seed), int(epoch), int(batch), 0x7E57]
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, *, max_rotation: float = 10.0,
+def augment_batch(x: torch.Tensor, generator: torch.Generator, *, rotation: float = 10.0,
                   flip: bool = True) -> torch.Tensor:
     """Flip and rotate a whole batch on its device; (B, S, S) uint8/float -> (B, 1, S, S) float."""
     if x.dim() == 3:
@@ -88,7 +90,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, *, max_rotation: 
     x = x.float()
     b = x.shape[0]
     dev = x.device
-    ang = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(max_rotation)
+    ang = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(rotation)
     sign = torch.ones(b, device=dev)
     if flip:
         sign = torch.where(torch.rand(b, generator=generator, device=dev) < 0.5, -1.0, 1.0)
@@ -141,7 +143,8 @@ class BatchLoader:
     rank: int = 0
     world_size: int = 1
     pad: bool = True
-    max_rotation: float = 10.0
+    rotation: float = 10.0
+    flip: bool = True
     _mm: np.ndarray | None = field(default=None, init=False, repr=False)
     _maps: _RotationMaps | None = field(default=None, init=False, repr=False)
 
@@ -181,8 +184,13 @@ class BatchLoader:
 
     # -- host side (worker threads)
     @property
+    def _augments(self) -> bool:
+        """Augmentation that changes images: asked for, and a flip or a rotation to do."""
+        return self.augment and (self.flip or self.rotation > 0)
+
+    @property
     def _cpu_augment(self) -> bool:
-        return self.augment and self.device.type != "cuda"
+        return self._augments and self.device.type != "cuda"
 
     def _gather(self, pos: np.ndarray, epoch: int, index: int, out: np.ndarray) -> None:
         rows = self.cache_rows[pos]
@@ -197,11 +205,11 @@ class BatchLoader:
                 out[order] = tmp
             return
         if self._maps is None:
-            self._maps = _RotationMaps(self.image_size, self.max_rotation)
+            self._maps = _RotationMaps(self.image_size, self.rotation)
         maps = self._maps
         rng = np.random.default_rng(batch_seed(self.seed, epoch, index))
         angles = rng.integers(0, maps.n_angles, size=len(rows))
-        flips = rng.random(len(rows)) < 0.5
+        flips = (rng.random(len(rows)) < 0.5) & self.flip  # drawn either way: same angles
         s = self.image_size
         scratch = np.zeros(s * s + 1, dtype=np.uint8)
         flat_out = out.reshape(len(rows), s * s)
@@ -263,10 +271,10 @@ class BatchLoader:
                     if tgt is not None:
                         tgt = tgt.pin_memory().to(self.device, non_blocking=True)
                     pool.release_after_copy(host.slot)
-                    if self.augment:
+                    if self._augments:
                         gen = torch.Generator(device=self.device)
                         gen.manual_seed(_fold(batch_seed(self.seed, epoch, b)))
-                        images = augment_batch(images, gen, max_rotation=self.max_rotation)
+                        images = augment_batch(images, gen, rotation=self.rotation, flip=self.flip)
                 yield Batch(images=images, targets=tgt, positions=host.positions, index=b)
         finally:
             for _, fut in pending:

@@ -8,7 +8,7 @@ selects (frontal, readable, cached) and that carry label information.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ..choices import UncertainPolicy
 from ..errors import TrainingError
-from ..registry.models import Dataset, Finding, Image, Label, Split, SplitAssignment
+from ..registry.models import DERIVED_NATIVE, Dataset, Finding, Image, Label, Split, SplitAssignment
 from ..registry.queries import get_dataset, get_split, unlabelled_keys, used_images
 
 
@@ -32,10 +32,12 @@ class PartData:
     image_keys: list[str]
     cache_rows: np.ndarray  # int64 (n,) rows of the ingest cache
     labels: np.ndarray  # float32 (n, n_findings): 1, 0, -1 uncertain, NaN not mentioned
-    findings: list[str]  # canonical names, in the dataset's column order
-    finding_ids: list[int]
+    findings: list[str]  # canonical names, in the dataset's column order (derived ones last)
+    finding_ids: list[int | None]  # None: a derived finding (no row until an evaluation stores one)
     cache_path: str
     image_size: int
+    natives: list[str] = field(default_factory=list)  # the dataset's own names (derived: DERIVED_NATIVE)
+    derived: dict[str, dict] = field(default_factory=dict)  # name -> how it was derived
 
     def __len__(self) -> int:
         return int(self.image_ids.shape[0])
@@ -49,6 +51,8 @@ class PartData:
             labels=self.labels[:, idx], findings=list(names),
             finding_ids=[self.finding_ids[i] for i in idx],
             cache_path=self.cache_path, image_size=self.image_size,
+            natives=[self.natives[i] for i in idx] if self.natives else [],
+            derived={n: d for n, d in self.derived.items() if n in names},
         )
 
 
@@ -128,12 +132,13 @@ def load_part(
     """
     ds, sp = _resolve(session, dataset, split)
     fnd = session.execute(
-        select(Finding.id, Finding.canonical)
-        .where(Finding.dataset_id == ds.id)
+        select(Finding.id, Finding.canonical, Finding.native)
+        .where(Finding.dataset_id == ds.id, Finding.native != DERIVED_NATIVE)
         .order_by(Finding.position, Finding.id)
     ).all()
     finding_ids = [int(r[0]) for r in fnd]
     findings = [str(r[1]) for r in fnd]
+    natives = [str(r[2]) for r in fnd]
 
     q = (
         select(Image.id, Image.key, Image.cache_index)
@@ -176,5 +181,5 @@ def load_part(
     return PartData(
         dataset=ds.name, split=sp.name, part=part, image_ids=image_ids, image_keys=keys,
         cache_rows=cache_rows, labels=labels, findings=findings, finding_ids=finding_ids,
-        cache_path=cache_path, image_size=cache_size,
+        cache_path=cache_path, image_size=cache_size, natives=natives,
     )

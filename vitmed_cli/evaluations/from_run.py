@@ -31,10 +31,11 @@ from sqlalchemy.orm import aliased
 from .._util import finite_or_none, first_line
 from ..choices import DEFAULT_PREDICT_BATCH, Part, RunRole
 from ..datasets.loader import BatchLoader
+from ..datasets.derived import add_derived
 from ..datasets.parts import PartData, apply_uncertain, check_cache, load_part
 from ..errors import NotFound, TrainingError
 from ..events import Listener, warning
-from ..inference import model_norm, predict_logits, probabilities, resolve_device
+from ..inference import input_norm, predict_logits, probabilities, resolve_device
 from ..models import create_model
 from ..registry.db import Registry
 from ..registry.models import Checkpoint, Evaluation, Run, SplitAssignment
@@ -42,7 +43,7 @@ from ..registry.names import check_name
 from ..registry.queries import get_dataset, get_run, get_split
 from ..stats import roc_auc, threshold_metrics, youden_threshold
 from ..weights import read_weights
-from .store import store_evaluation
+from .store import derived_finding_ids, store_evaluation
 
 CHECKPOINT_ROLES = RunRole.names()
 
@@ -175,6 +176,8 @@ class _Target:
     val: PartData
     frontal_only: bool
     uncertain: str
+    normalise: str  # the run's input normalisation (runs before it was an option: init)
+    not_derived: dict[str, str] = field(default_factory=dict)  # derived finding -> why it is not scored
 
 
 def _target(session, run: Run, dataset: str | None, split: str | None, part: str) -> _Target:
@@ -192,8 +195,13 @@ def _target(session, run: Run, dataset: str | None, split: str | None, part: str
     size = run.image_size  # the cache built at the run's size, when the dataset has one
     target = load_part(session, ds, sp, part, frontal_only=frontal, image_size=size)
     val = load_part(session, ds, sp, "val", frontal_only=frontal, image_size=size) if part != "val" else target
+    # the run's derived findings, computed from this dataset's labels as training did
+    merge, no_finding = dict(train_cfg.get("merge") or {}), train_cfg.get("no_finding")
+    non = list((ds.options or {}).get("non_findings") or [])
+    target, not_derived = add_derived(target, merge, no_finding, non_findings=non, strict=False)
+    val = add_derived(val, merge, no_finding, non_findings=non, strict=False)[0] if part != "val" else target
     return _Target(ds.id, ds.name, sp.id, sp.name, target, val, frontal,
-                   train_cfg.get("uncertain", "zeros"))
+                   train_cfg.get("uncertain", "zeros"), train_cfg.get("normalise", "init"), not_derived)
 
 
 def _undefined(finding: str, part: str, y: np.ndarray, val_y: np.ndarray | None) -> str | None:
@@ -278,14 +286,15 @@ def predict(
         run = get_run(s, run_id)
         ck = run_checkpoint(s, run, checkpoint)
         tgt = _target(s, run, dataset, split, part)
-        init_name = run.init_name
+        init_name, run_dataset_id = run.init_name, run.dataset_id
         left_out = dict((run.config or {}).get("left_out_findings") or {})
     model_findings = list(ck.findings)
     shared = [f for f in model_findings if f in tgt.part.findings]
     skipped = [f for f in model_findings if f not in tgt.part.findings] + [
         f for f in tgt.part.findings if f not in model_findings
     ]
-    skipped_reasons = _skipped_reasons(skipped, model_findings, tgt.dataset, left_out)
+    skipped_reasons = {**_skipped_reasons(skipped, model_findings, tgt.dataset, left_out),
+                       **{f: why for f, why in tgt.not_derived.items() if f in skipped}}
     if not shared:
         raise TrainingError(
             f"run {run_id} predicts {', '.join(model_findings)} but dataset {tgt.dataset!r} has none of "
@@ -301,7 +310,7 @@ def predict(
     model = load_checkpoint_model(ck).to(dev)
     cols = [model_findings.index(f) for f in shared]
     target, val = tgt.part.select_findings(shared), tgt.val.select_findings(shared)
-    mean, std = model_norm(model)
+    mean, std = input_norm(model, tgt.normalise)  # exactly as the run trained
     kw = dict(batch_size=batch_size, device=dev, num_workers=num_workers, uncertain=tgt.uncertain,
               image_size=ck.image_size, mean=mean, std=std, n_outputs=len(model_findings))
     scored = _score(model, target, cols, **kw)
@@ -322,16 +331,24 @@ def predict(
             config={"checkpoint": ck.role, "checkpoint_sha256": ck.sha256,
                     "threshold_part": "val" if val_scored is not None else None,
                     "model_findings": model_findings, "batch_size": batch_size,
-                    "device": str(dev), "frontal_only": tgt.frontal_only, "undefined": undefined},
+                    "device": str(dev), "frontal_only": tgt.frontal_only, "normalise": tgt.normalise,
+                    "derived_findings": target.derived, "undefined": undefined,
+                    "threshold_on_scored_part": part == "val"},
         )
         eval_id = store_evaluation(s, ev, metrics=metrics, image_ids=target.image_ids,
-                                   finding_ids=target.finding_ids, probabilities=scored.probs,
+                                   finding_ids=derived_finding_ids(s, tgt.dataset_id, target),
+                                   probabilities=scored.probs,
                                    labels=scored.y)
     if earlier:
         warning(on_event, f"evaluation name {name!r} was already used by evaluation(s) "
                           f"{', '.join(map(str, earlier))}; stored another one, {eval_id} (the report and "
                           "compare `init` use the newest; give each its own `name`, or delete the old "
                           "one with vitmed evals delete ID)")
+    if part == "val":
+        own = tgt.dataset_id == run_dataset_id
+        warning(on_event, "the val part chose the thresholds it is scored with (sensitivity, specificity, "
+                          "accuracy are optimistic)" + (" and the run's best epoch (so is its AUC)" if own else "")
+                          + " - score the test part for unbiased numbers")
     return PredictResult(
         evaluation_id=eval_id, run_id=run_id, dataset=tgt.dataset, split=tgt.split, part=part,
         checkpoint=ck.role, n_images=len(target), macro_auc=macro,

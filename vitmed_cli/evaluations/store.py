@@ -14,10 +14,20 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from .._util import finite_or_none
-from ..registry.models import Evaluation, EvaluationMetric, Finding, Image, Prediction
+from ..errors import TrainingError
+from ..registry.models import (
+    DERIVED_NATIVE,
+    DERIVED_POSITION,
+    Evaluation,
+    EvaluationMetric,
+    Finding,
+    Image,
+    Prediction,
+)
 from ..registry.queries import get_evaluation
 
 PREDICTION_COLUMNS = ("evaluation_id", "image_id", "finding_id", "probability", "label")
@@ -45,6 +55,40 @@ def insert_predictions(session, evaluation_id: int, image_ids: np.ndarray, findi
     else:  # pragma: no cover - other drivers go through SQLAlchemy's executemany
         conn.execute(table.insert(), [dict(zip(PREDICTION_COLUMNS, r)) for r in rows])
     return len(rows)
+
+
+def derived_finding_ids(session, dataset_id: int, part) -> list[int]:
+    """``part.finding_ids`` with a row id for each derived finding (None there): the dataset's row
+    for that name, made on first use (native :data:`DERIVED_NATIVE`, no labels), in the caller's
+    transaction.  Of two processes making one at once, the second uses the first one's row."""
+    ids = list(part.finding_ids)
+    for j, fid in enumerate(ids):
+        if fid is not None:
+            continue
+        name = part.findings[j]
+        ids[j] = _derived_row(session, dataset_id, name)
+    return ids
+
+
+def _derived_row(session, dataset_id: int, name: str) -> int:
+    def existing():
+        return session.scalar(select(Finding).where(Finding.dataset_id == dataset_id,
+                                                    Finding.canonical == name))
+
+    row = existing()
+    if row is None:
+        n = session.scalar(select(func.count()).select_from(Finding).where(
+            Finding.dataset_id == dataset_id, Finding.native == DERIVED_NATIVE)) or 0
+        try:
+            with session.begin_nested():
+                row = Finding(dataset_id=dataset_id, canonical=name, native=DERIVED_NATIVE,
+                              position=DERIVED_POSITION + int(n))
+                session.add(row)
+        except IntegrityError:
+            row = existing()
+    if row is None or row.native != DERIVED_NATIVE:  # a finding of the dataset by now: never relabelled
+        raise TrainingError(f"{name!r} became a finding of the dataset while predicting - predict again")
+    return int(row.id)
 
 
 def store_evaluation(

@@ -12,6 +12,11 @@ Conventions
 * Views: ``Image.view`` is frontal, lateral or unknown (the native code is kept in
   ``view_native``). Training and evaluation use frontal images; a dataset with no view
   information at all (every image unknown) uses its unknown images.
+* Derived findings (a run's ``merge`` and ``no_finding``: e.g. PadChest nodule or mass,
+  ChestX-ray14's "No Finding") have no labels: they are computed from the stored labels
+  whenever a run loads them.  An evaluation that scores one needs a ``Finding`` row for its
+  predictions' foreign key: that row's ``native`` is :data:`DERIVED_NATIVE`, it has no
+  ``Label`` rows, and ``Dataset.findings`` (the dataset as ingested) leaves it out.
 * Predictions carry the label they were scored against (``label``: 1 or 0), so
   a comparison can check that two evaluations share their ground truth.
 * Deleting a dataset cascades to its images, labels and splits, but is refused
@@ -40,6 +45,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -84,6 +90,12 @@ class Base(DeclarativeBase):
         return out
 
 
+# ``Finding.native`` of a derived finding's row (no native name: the dataset has no such column);
+# derived rows sort after the dataset's own findings.
+DERIVED_NATIVE = "(derived)"
+DERIVED_POSITION = 1_000_000
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
 
@@ -99,9 +111,11 @@ class Dataset(Base):
     notes: Mapped[Optional[str]] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    # the dataset's own findings, as ingested (rows of derived findings are left out)
     findings: Mapped[list["Finding"]] = relationship(
         back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True,
         order_by="Finding.position",
+        primaryjoin=lambda: and_(Dataset.id == Finding.dataset_id, Finding.native != DERIVED_NATIVE),
     )
     images: Mapped[list["Image"]] = relationship(
         back_populates="dataset", cascade="all, delete-orphan", passive_deletes=True
@@ -112,7 +126,8 @@ class Dataset(Base):
 
 
 class Finding(Base):
-    """A finding of one dataset: the canonical name and the dataset's own name."""
+    """A finding of one dataset: the canonical name and the dataset's own name (a derived
+    finding's row: :data:`DERIVED_NATIVE`)."""
 
     __tablename__ = "findings"
     __table_args__ = (UniqueConstraint("dataset_id", "canonical"),)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from .._util import atomic_write
+from .._util import atomic_write, output_file
 from ..choices import DEFAULT_RESAMPLES, ReportFormat
 from ..errors import ConfigError
 from ..events import Listener
@@ -60,17 +60,20 @@ def create_report(
     on_event: Listener | None = None,
 ) -> WrittenReport:
     """Build the report and write it; the format follows ``fmt`` or the suffix of ``out``."""
+    suffix = Path(out).suffix.lower() if out is not None else ""
+    by_suffix = {".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}.get(suffix)
     if fmt is None:
-        fmt = "md" if out is not None and Path(out).suffix.lower() in {".md", ".markdown"} else "html"
+        fmt = by_suffix or "html"
     fmt = ReportFormat.parse(fmt, "report format").value
-    out = Path(out) if out is not None else default_report_path(registry, fmt)
-    out = out.expanduser()
+    if by_suffix is not None and by_suffix != fmt:
+        raise ConfigError(
+            f"`out` {out} ends in {suffix} but `fmt` is {fmt} - name the file "
+            f"{Path(out).with_suffix('.' + fmt)} or leave out `fmt`"
+        )
+    out = Path(out).expanduser() if out is not None else default_report_path(registry, fmt)
     if out.is_dir():
         raise ConfigError(f"`out` {out} is a folder - give a file name such as {out / ('report.' + fmt)}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the folder of `out` {out}: {exc.strerror}") from exc
+    out = output_file(out)
     rep = build_report(registry, datasets=datasets, n_resamples=n_resamples, seed=seed, on_event=on_event)
     files: list[Path] = []
     if fmt == "html":

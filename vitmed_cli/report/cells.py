@@ -97,6 +97,8 @@ def _provenance_items(rep: Report, sec: DatasetSection, rows: Sequence[InitRow])
         bits = [f"evaluation {r.evaluation_id} ({r.source}, {r.n_images} test images, {r.created_at or '-'})"]
         if run is not None:
             bits.append(f"run {run.id} ({run.arch_label}, seed {run.seed}, best epoch {run.best_epoch})")
+        elif r.run_id is not None:  # a run of another dataset scored on this one
+            bits.append(f"run {r.run_id} (trained on dataset {r.run_dataset})")
         else:
             bits.append("no run (imported scores)")
         split = r.split or (run.split if run else None)

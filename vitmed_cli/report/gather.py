@@ -165,6 +165,7 @@ def _init_row(session, ev: Evaluation, metrics: dict[str, EvaluationMetric]) -> 
     return InitRow(
         tune=run_tune(run),
         image_size=run.image_size if run is not None else None,
+        run_dataset=run.dataset.name if run is not None else None,
         init_name=_eval_init(ev),
         evaluation_id=ev.id,
         evaluation_name=ev.name,

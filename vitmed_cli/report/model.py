@@ -104,6 +104,7 @@ class InitRow:
     n_findings: int = 0
     tune: str | None = None  # what the run trained: all, head, last:N (None: imported)
     image_size: int | None = None  # the run's training resolution (None: imported)
+    run_dataset: str | None = None  # the dataset the run trained on (another one: a cross-dataset test)
 
 
 @dataclass

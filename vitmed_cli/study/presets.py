@@ -11,14 +11,12 @@ Native finding names are written as vitmed's canonical ones (``vitmed_cli.datase
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..training.config import TrainConfig
 
 PRESETS = ("tayebi2024", "demo")
 
@@ -171,7 +169,7 @@ class DemoSettings:
     scheduler: str = "cosine"
     # Flips as in the study, but no rotation: the synthetic images have no pose variation to
     # learn invariance to, and at 64 px a rotation costs the tiny ViT most of its signal.
-    max_rotation: float = 0.0
+    rotation: float = 0.0
     seed: int = 0
     n_resamples: int = 1000
     arch: str = "vit_tiny_patch16_224"
@@ -206,11 +204,6 @@ def _toml(value: Any) -> str:
     raise TypeError(type(value))  # pragma: no cover
 
 
-def _rotation_key() -> str:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return "rotation" if "rotation" in names else "max_rotation"
-
-
 def demo_study_text(settings: DemoSettings | None = None, *, seeds: list[int] | None = None,
                     dinov2_file: str | Path | None = None, name: str = "demo",
                     report_out: str = "report.html") -> str:
@@ -234,7 +227,7 @@ def demo_study_text(settings: DemoSettings | None = None, *, seeds: list[int] | 
         f"batch_size = {s.batch_size}",
         f"lr = {_toml(float(s.lr))}",
         f"scheduler = {_toml(s.scheduler)}",
-        f"{_rotation_key()} = {_toml(float(s.max_rotation))}",
+        f"rotation = {_toml(float(s.rotation))}",
         "",
         "[statistics]",
         f"resamples = {s.n_resamples}",

@@ -26,9 +26,11 @@ import torch
 from ..choices import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_FLIP,
     DEFAULT_LR,
-    DEFAULT_MAX_ROTATION,
+    DEFAULT_NORMALISE,
     DEFAULT_NUM_WORKERS,
+    DEFAULT_ROTATION,
     DEFAULT_WEIGHT_DECAY,
 )
 from ..errors import TrainingError, VitmedError
@@ -127,13 +129,17 @@ def finetune(
     compile: bool = False,
     model_kwargs: dict[str, Any] | None = None,
     scheduler: str = "constant",
-    max_rotation: float = DEFAULT_MAX_ROTATION,
+    rotation: float = DEFAULT_ROTATION,
+    flip: bool = DEFAULT_FLIP,
+    normalise: str = DEFAULT_NORMALISE,
     frontal_only: bool = True,
     findings: list[str] | None = None,
     min_positives: int | None = None,
     keep_resume: bool = False,
     tune: str = "all",
     feature_cache: bool = True,
+    merge: dict[str, list[str]] | None = None,
+    no_finding: str | None = None,
     on_event: Listener | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> RunResult:
@@ -147,7 +153,12 @@ def finetune(
     each image's features are computed once and stored, see :mod:`.probe`; with
     ``feature_cache`` False the head is trained end to end through the frozen backbone) or
     the last N blocks and the head (``last:N``); a frozen backbone is trained without
-    augmentation.  ``on_event`` receives progress and epoch lines; ``on_step(epoch, batch)``
+    augmentation.  Training augmentation is a horizontal ``flip`` (p = 0.5) and a ``rotation``
+    drawn from +-``rotation`` degrees; ``normalise`` feeds the model the init's mean/std
+    (``init``) or the image in [0, 1] (``none``, as the study did), in training and in predict.
+    ``merge`` ({NAME: [A, B]}) and ``no_finding`` (NAME) add derived findings, computed from
+    the stored labels at training and at predict (see
+    :func:`~vitmed_cli.datasets.derived.derive_labels`).  ``on_event`` receives progress and epoch lines; ``on_step(epoch, batch)``
     is called after every optimiser step (tests use it to interrupt a run).
     """
     cfg = TrainConfig(
@@ -155,10 +166,13 @@ def finetune(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=str(getattr(device, "value", device)),
         uncertain=str(getattr(uncertain, "value", uncertain)), early_stop=early_stop,
         num_workers=num_workers, compile=compile, model_kwargs=dict(model_kwargs or {}),
-        scheduler=str(getattr(scheduler, "value", scheduler)), max_rotation=max_rotation,
-        frontal_only=frontal_only, findings=list(findings) if findings is not None else None,
+        scheduler=str(getattr(scheduler, "value", scheduler)), rotation=float(rotation), flip=bool(flip),
+        normalise=str(getattr(normalise, "value", normalise)), frontal_only=frontal_only, findings=list(findings) if findings is not None else None,
         min_positives=min_positives, keep_resume=keep_resume, tune=str(getattr(tune, "value", tune)),
         feature_cache=feature_cache,
+        merge={str(k): ([str(x) for x in v] if isinstance(v, (list, tuple)) else v)
+               for k, v in (merge or {}).items()},
+        no_finding=no_finding,
     )
     return finetune_config(registry, cfg, on_event=on_event, on_step=on_step)
 
@@ -226,10 +240,11 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
     if not stored:
         raise TrainingError(f"run {run_id} was not made by vitmed finetune - it cannot be resumed")
     target = epochs if epochs is not None else planned
-    if status == "completed" and target > done and resume_removed:
+    if status == "completed" and resume_removed:
         raise TrainingError(
-            f"run {run_id} is completed and its resume.pt was removed to save space - train on from its "
-            f"weights in a new run (`init` run:{run_id}), or keep resume.pt next time (`keep_resume`)"
+            f"run {run_id} is already completed ({done} epochs) and its resume.pt was removed to save "
+            f"space - train on from its weights in a new run (`init` run:{run_id}), or keep resume.pt "
+            "next time (`keep_resume`)"
         )
     if status == "completed" and (epochs is None or target <= done):
         raise TrainingError(
@@ -251,7 +266,7 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
         stored["device"] = device
     if num_workers is not None:
         stored["num_workers"] = num_workers
-    cfg = TrainConfig(**stored)
+    cfg = TrainConfig.from_dict(stored)
     cfg.check()
     with registry.session(readonly=True) as s:
         prep = prepare(s, cfg)

@@ -1,8 +1,10 @@
 """The training loop: vitmed's training step (:class:`Trainer`) and the epochs around it.
 
-The study's recipe: AdamW, binary cross-entropy with a positive weight per
-finding, random flips and small rotations, validation AUC per finding after
-every epoch; the checkpoint with the best validation macro AUC is the model.
+The study's kind of training: AdamW, binary cross-entropy with a positive weight
+per finding, random flips and small rotations (the run's ``flip`` and ``rotation``),
+validation AUC per finding after every epoch; the checkpoint with the best validation
+macro AUC is the model.  Where vitmed's defaults differ from the study's values (weight
+decay, rotation, input normalisation) the options' help says so.
 Every epoch ends with ``best``/``last`` safetensors, ``resume.pt`` and, in one
 transaction, its metrics row.  Ctrl-C or SIGTERM stops at the next batch
 boundary and saves ``resume.pt``, so the run can continue exactly there.
@@ -30,7 +32,7 @@ from ..choices import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, UncertainPolicy
 from ..datasets.loader import BatchLoader
 from ..errors import TrainingError, VitmedError
 from ..events import Listener, detail, notice, progress
-from ..inference import amp_dtype_for, model_input, model_norm, predict_logits, probabilities, resolve_device
+from ..inference import amp_dtype_for, input_norm, model_input, predict_logits, probabilities, resolve_device
 from ..registry.db import Registry
 from ..stats import roc_auc
 from ..weights import InitSpec, create_model_from_init
@@ -45,7 +47,7 @@ from .tuning import apply_tuning
 
 class LrLambda:
     """Constant (the study), or linear warm-up over the first 10% of steps then cosine decay
-    (the usual recipe for a ViT trained from scratch); a class so its state saves."""
+    (the usual schedule for a ViT trained from scratch); a class so its state saves."""
 
     WARMUP_FRACTION = 0.1
 
@@ -284,11 +286,11 @@ class TrainingLoop:
         )
         self.init_state = None  # the trainer owns the weights now
         tuning = apply_tuning(model, cfg.tune)
-        self.mean, self.std = model_norm(model)
+        self.mean, self.std = input_norm(model, cfg.normalise)
         self.train_loader = BatchLoader(
             prep.cache_path, prep.train.cache_rows, prep.train_y, batch_size=cfg.batch_size,
             shuffle=True, augment=cfg.tune != "head", seed=cfg.seed, device=self.device, num_workers=cfg.num_workers,
-            rank=info.rank, world_size=info.world_size, max_rotation=cfg.max_rotation,
+            rank=info.rank, world_size=info.world_size, rotation=cfg.rotation, flip=cfg.flip,
         )
         self.val_loader = BatchLoader(
             prep.cache_path, prep.val.cache_rows, None, batch_size=cfg.batch_size * 2,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets.derived import add_derived, resolve_findings
 from ..datasets.parts import PartData, apply_uncertain, cache_for, check_cache, load_part
 from ..errors import TrainingError
 from ..registry.queries import get_dataset, get_split
@@ -31,26 +32,32 @@ class Prepared:
     cache_path: str
     cache_size: int
     left_out: dict[str, Any] = field(default_factory=dict)
+    derived: dict[str, dict] = field(default_factory=dict)  # derived finding -> what it was derived from
 
 
 def select_findings(ds, sp, available: list[str], train_y_all: np.ndarray,
-                     cfg: TrainConfig) -> tuple[list[str], dict[str, Any]]:
+                    cfg: TrainConfig, natives: list[str] | None = None,
+                    derived: list[str] | None = None) -> tuple[list[str], dict[str, Any]]:
     """The findings a run learns, and those left out with why.
 
-    ``cfg.findings`` names them (unknown names are an error listing the valid ones);
-    otherwise every finding except the dataset's ``options["non_findings"]`` (e.g.
-    PadChest's 'exclude').  Findings without training positives stop the run, unless
-    ``cfg.min_positives`` is set: then those with fewer are left out.
+    ``cfg.findings`` names them (canonical or native names, see
+    :func:`~vitmed_cli.datasets.derived.resolve_findings`; unknown names are an error listing
+    the valid ones); otherwise every finding except the dataset's ``options["non_findings"]``
+    (e.g. PadChest's 'exclude'), which ``cfg.findings`` can still name.  ``derived`` findings
+    (the run's ``merge`` and ``no_finding``) are always learned.  Findings without training
+    positives stop the run, unless ``cfg.min_positives`` is set: then those with fewer are
+    left out.
     """
     left_out: dict[str, Any] = {}
+    derived = list(derived or [])
     if cfg.findings is not None:
-        wanted = list(dict.fromkeys(cfg.findings))
-        unknown = [f for f in wanted if f not in available]
+        resolved, unknown = resolve_findings(cfg.findings, available, natives or available)
         if unknown:
             raise TrainingError(
                 f"unknown finding(s) {', '.join(unknown)} for dataset {ds.name!r} - choose from: "
                 + ", ".join(available)
             )
+        wanted = list(dict.fromkeys(resolved + derived))
     else:
         non = set((ds.options or {}).get("non_findings") or [])
         wanted = [f for f in available if f not in non]
@@ -120,8 +127,13 @@ def prepare(session, cfg: TrainConfig) -> Prepared:
             f"chosen on it; make a split with a validation part (see vitmed split --help) and "
             "pass it with `split`"
         )
+    # derived findings: computed from the stored labels now, never written to the dataset
+    non = list((ds.options or {}).get("non_findings") or [])
+    train, _ = add_derived(train, cfg.merge, cfg.no_finding, non_findings=non)
+    val, _ = add_derived(val, cfg.merge, cfg.no_finding, non_findings=non)
     selected, left_out = select_findings(ds, sp, list(train.findings),
-                                          apply_uncertain(train.labels, cfg.uncertain), cfg)
+                                         apply_uncertain(train.labels, cfg.uncertain), cfg,
+                                         natives=list(train.natives), derived=list(train.derived))
     train, val = train.select_findings(selected), val.select_findings(selected)
     train_y = apply_uncertain(train.labels, cfg.uncertain)
     val_y = apply_uncertain(val.labels, cfg.uncertain)
@@ -132,6 +144,13 @@ def prepare(session, cfg: TrainConfig) -> Prepared:
         raise TrainingError(
             f"finding(s) {', '.join(no_neg)} have no negative images in the train part of split "
             f"{sp.name!r} of dataset {ds.name!r} - use a split with negatives for every finding"
+        )
+    val_pos, val_neg = np.nansum(val_y == 1, axis=0), np.nansum(val_y == 0, axis=0)
+    if not np.any((val_pos > 0) & (val_neg > 0)):
+        raise TrainingError(
+            f"no finding has both positive and negative images in the validation part of split "
+            f"{sp.name!r} of dataset {ds.name!r} - the validation macro AUC that chooses the best epoch "
+            "is not defined; make a split with a larger `val` (see vitmed split --help)"
         )
     mm = np.load(cache, mmap_mode="r")
     if mm.ndim != 3 or mm.dtype != np.uint8:
@@ -149,5 +168,5 @@ def prepare(session, cfg: TrainConfig) -> Prepared:
         dataset_id=ds.id, dataset=ds.name, split_id=sp.id, split=sp.name,
         findings=list(train.findings), train=train, val=val, train_y=train_y, val_y=val_y,
         pos_weight=(neg / pos).astype(np.float32), cache_path=str(cache), cache_size=int(mm.shape[-1]),
-        left_out=left_out,
+        left_out=left_out, derived=dict(train.derived),
     )

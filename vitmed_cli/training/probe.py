@@ -5,8 +5,8 @@ A frozen backbone maps each image to the same features in every probe, so
 ``forward_head(..., pre_logits=True)``, in eval mode, without augmentation) and stores
 them beside the image cache, in ``<workspace>/cache/features/<key>/``.  The key is the
 sha256 of what the features depend on: the initialisation's sha256 (the seed for a
-random one), architecture and model options, image size, input mean/std, precision and
-the image cache file itself.  Every later probe, seed and learning rate reads them
+random one), architecture and model options, image size, input normalisation (the run's
+``normalise`` and the mean/std it gives), precision and the image cache file itself.  Every later probe, seed and learning rate reads them
 back, and computes only rows that are not stored yet.
 
 :class:`ProbeLoop` is :class:`~.loop.TrainingLoop` with the head trained on those
@@ -56,14 +56,15 @@ def _cache_identity(cache_path: str) -> dict[str, Any]:
 
 
 def feature_key(*, init_sha256: str | None, seed: int, arch: str, model_kwargs: dict[str, Any],
-                image_size: int, mean, std, precision: str, cache_path: str) -> tuple[str, dict[str, Any]]:
+                image_size: int, normalise: str, mean, std, precision: str,
+                cache_path: str) -> tuple[str, dict[str, Any]]:
     """The features' key and what it is made of (stored beside them, shown in the run's record)."""
     parts = {
         "version": FEATURES_VERSION,
         "init_sha256": init_sha256,
         "random_seed": None if init_sha256 else int(seed),  # a random backbone depends on its seed
         "arch": arch, "model_kwargs": model_kwargs, "image_size": int(image_size),
-        "mean": [float(v) for v in mean], "std": [float(v) for v in std], "precision": precision,
+        "normalise": str(normalise), "mean": [float(v) for v in mean], "std": [float(v) for v in std], "precision": precision,
         "augment": False, "output": "pre_logits", "image_cache": _cache_identity(cache_path),
     }
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
@@ -167,7 +168,7 @@ class ProbeLoop(TrainingLoop):
         amp = amp_dtype_for(self.device)
         key, parts = feature_key(init_sha256=init_sha, seed=cfg.seed, arch=str(cfg.arch),
                                  model_kwargs=dict(cfg.model_kwargs), image_size=self.image_size,
-                                 mean=self.mean, std=self.std, precision=str(amp or "float32"),
+                                 normalise=cfg.normalise, mean=self.mean, std=self.std, precision=str(amp or "float32"),
                                  cache_path=prep.cache_path)
         folder = self.registry.workspace.cache_dir / "features" / key[:32]
         with torch.no_grad():

@@ -87,6 +87,7 @@ def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo,
             "pos_weight": {f: float(w) for f, w in zip(prep.findings, prep.pos_weight)},
             "split": prep.split,
             "left_out_findings": prep.left_out,
+            "derived_findings": prep.derived,  # NAME -> {"kind": merge | no_finding, "of": [...]}
             "image_cache": prep.cache_path,  # the cache built at the run's size, when there is one
         },
         seed=cfg.seed,
