@@ -14,7 +14,6 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
