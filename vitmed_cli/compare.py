@@ -385,7 +385,7 @@ def _compare_inits_over_seeds(registry: Registry, *, dataset: str | None, inits:
         labels = [_tuned(init, g[0].tune) for init, g in zip(inits, groups)]
         dataset_id, part_, arrays = _load_seed_groups(s, groups, allow_mixed_tuning)
     pairs = [_seeds_pair(groups[i], groups[j], labels[i], labels[j], arrays, n_resamples, seed, per_seed,
-                         on_event)
+                         on_event, alpha=alpha)
              for i, j in itertools.combinations(range(len(groups)), 2)]
     one = len(pairs) == 1
     return _finish_seeds(registry, pairs, dataset_id=dataset_id, part=part_, n_resamples=n_resamples,
@@ -686,7 +686,8 @@ def compare_over_seeds(
     with registry.session(readonly=True) as s:
         groups = [_seed_picks(s, ids_a, label_a), _seed_picks(s, ids_b, label_b)]
         dataset_id, part, arrays = _load_seed_groups(s, groups, allow_mixed_tuning)
-    pair = _seeds_pair(groups[0], groups[1], label_a, label_b, arrays, n_resamples, seed, per_seed, on_event)
+    pair = _seeds_pair(groups[0], groups[1], label_a, label_b, arrays, n_resamples, seed, per_seed, on_event,
+                       alpha=alpha)
     return _finish_seeds(registry, [pair], dataset_id=dataset_id, part=part, n_resamples=n_resamples,
                          seed=seed, alpha=alpha, allow_mixed_tuning=allow_mixed_tuning,
                          group_id=group_id, fdr_method=SEEDS_FDR_METHOD, fdr_family="comparison")
@@ -717,7 +718,7 @@ def _load_seed_groups(session, groups: list[list[_Pick]], allow_mixed_tuning: bo
 
 def _seeds_pair(picks_a: list[_Pick], picks_b: list[_Pick], label_a: str, label_b: str,
                 arrays: dict[int, EvalArrays], n_resamples: int, seed: int, per_seed: bool,
-                on_event: Listener | None) -> dict[str, Any]:
+                on_event: Listener | None, alpha: float = DEFAULT_ALPHA) -> dict[str, Any]:
     """The pooled-seeds statistics of A against B as a pair dict (not yet adjusted or stored)."""
     ids_a, ids_b = [p.evaluation_id for p in picks_a], [p.evaluation_id for p in picks_b]
     al = align_seed_evaluations([arrays[i] for i in ids_a + ids_b])
