@@ -188,11 +188,13 @@ def test_local_run_completes_status_and_report_over_seeds(tmp_path):
                 assert (run.init_name, run.seed, run.status) == (init, seed, "completed")
             cmp_cell = next(c for c in study.cells if c.stage == "compare")
             cmp = s.get(Comparison, cmp_cell.comparison_id)
-            macro_p = s.scalar(select(ComparisonResult.p_value).where(
+            macro = s.scalar(select(ComparisonResult).where(
                 ComparisonResult.comparison_id == cmp.id, ComparisonResult.finding == MACRO))
-            per_seed_p = [s.scalar(select(ComparisonResult.p_value).where(
-                ComparisonResult.comparison_id == i, ComparisonResult.finding == MACRO))
-                for i in cmp_cell.detail["comparison_ids"]]
+            # one comparison over both seeds of each init, adjusted over the study's family
+            assert cmp.options["mode"] == "seeds" and cmp.options["fdr_family"] == "tiny"
+            assert cmp.options["evaluations_a"] == [evs[("demo-source-supervised", k)].id for k in (0, 1)]
+            assert cmp.options["evaluations_b"] == [evs[("random", k)].id for k in (0, 1)]
+            boot_sd = cmp.options["over_seeds"]["a"][MACRO]["bootstrap_sd"]
     finally:
         reg.dispose()
 
@@ -202,9 +204,11 @@ def test_local_run_completes_status_and_report_over_seeds(tmp_path):
         aucs = [evs[(init, s)].macro_auc for s in (0, 1)]
         cell = f"{np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f}"
         assert cell in text, (cell, text)
-    row = next(line for line in text.splitlines() if line.startswith("| demo-target |"))
-    p = max(per_seed_p) if cmp_cell.detail["mode"] == "per-seed" else macro_p
-    assert (f"(p {p:.3f})" if p >= 0.001 else "(p <0.001)") in row
+    row, boot_row = [line for line in text.splitlines() if line.startswith("| demo-target |")]
+    p = macro.p_adjusted
+    assert row.endswith(f"(p {p:.3f}) |" if p >= 0.001 else "(p <0.001) |")
+    source_mean = np.mean([evs[("demo-source-supervised", k)].macro_auc for k in (0, 1)])
+    assert boot_row.endswith(f"{source_mean:.3f} ± {boot_sd:.3f} |")  # the paper's SD, named as such
     assert "validation part taken from the training data" in text and "Two-sided" in text
     assert "lr = 0.0003 (the paper: 1e-05)" in text
 

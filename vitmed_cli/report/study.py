@@ -75,6 +75,7 @@ class Cell:
     p: float | None = None
     p_adjusted: float | None = None
     vs: str | None = None
+    bootstrap_sd: float | None = None  # SD over bootstrap resamples of the seed-mean AUC (the paper's ±)
 
     def text(self) -> str:
         if self.mean is None:
@@ -188,6 +189,15 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
                 if macro is not None:
                     forest.append(ForestRow(c.dataset, label, macro.diff, macro.ci_low, macro.ci_high,
                                             macro.p_adjusted if macro.p_adjusted is not None else macro.p_value))
+            for cmp, _results in rows:
+                sides = (cmp.options or {}).get("over_seeds") or {}
+                ref = _ref_of(c.key)
+                for side, init in (("a", c.init), ("b", ref)):
+                    for f, v in (sides.get(side) or {}).items():
+                        cell = (table.get(c.dataset, {}).get(init) if f == MACRO
+                                else per_finding.get(c.dataset, {}).get(f, {}).get(init))
+                        if cell is not None and (v or {}).get("bootstrap_sd") is not None:
+                            cell.bootstrap_sd = v["bootstrap_sd"]
             if rows:
                 cmp0, res0 = rows[0]
                 macro = res0.get(MACRO)
@@ -324,6 +334,16 @@ def _cell_text(c: Cell | None, with_p: bool = True) -> str:
     return out
 
 
+def _has_bootstrap(rep: StudyReport) -> bool:
+    return any(c.bootstrap_sd is not None for row in rep.table.values() for c in row.values())
+
+
+def _boot_text(c: Cell | None) -> str:
+    if c is None or c.mean is None:
+        return "-"
+    return _fmt(c.mean) + (f" ± {_fmt(c.bootstrap_sd)}" if c.bootstrap_sd is not None else "")
+
+
 def render_study_markdown(rep: StudyReport, figure_dir: str) -> str:
     lines = [f"# Study {rep.name}", "",
              f"Generated {rep.generated_at} by vitmed {__version__} from `{rep.registry_url}`; seeds "
@@ -333,6 +353,13 @@ def render_study_markdown(rep: StudyReport, figure_dir: str) -> str:
     for d in rep.datasets:
         lines.append(f"| {d} | " + " | ".join(_cell_text(rep.table.get(d, {}).get(c)) for c in rep.columns) + " |")
     lines += ["", rep.p_note, ""]
+    if _has_bootstrap(rep):
+        lines += ["## Macro AUC ± bootstrap SD (the SD the paper reported: over resamples of the test images)", "",
+                  "| dataset | " + " | ".join(rep.columns) + " |", "|---|" + "---|" * len(rep.columns)]
+        for d in rep.datasets:
+            lines.append(f"| {d} | " + " | ".join(_boot_text(rep.table.get(d, {}).get(c)) for c in rep.columns)
+                         + " |")
+        lines.append("")
     for f in rep.figures:
         lines += [f"![{f.title}]({figure_dir}/{f.filename})", ""]
     for d in rep.datasets:
@@ -378,6 +405,12 @@ def render_study_html(rep: StudyReport) -> str:
     sig = [[False] + [sig_of(rep.table.get(d, {}).get(c)) for c in rep.columns] for d in rep.datasets]
     parts.append(table("study-table", ["dataset", *rep.columns], rows, sig))
     parts.append(f'<p class="note">{e(rep.p_note)}</p>')
+    if _has_bootstrap(rep):
+        parts.append("<h2>Macro AUC ± bootstrap SD (the SD the paper reported: over resamples of the test "
+                     "images)</h2>")
+        parts.append(table("bootstrap-table", ["dataset", *rep.columns],
+                           [[d] + [_boot_text(rep.table.get(d, {}).get(c)) for c in rep.columns]
+                            for d in rep.datasets]))
     for f in rep.figures:
         data = base64.b64encode(f.png).decode()
         parts.append(f'<figure><img alt="{e(f.title)}" src="data:image/png;base64,{data}">'
