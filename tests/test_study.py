@@ -285,3 +285,26 @@ def test_study_init_writes_presets_and_refuses_to_overwrite(tmp_path):
     again = runner.invoke(app, ["study", "init", "--preset", "demo", "--out", str(f)])
     assert again.exit_code == 1
     assert again.stderr.strip() == f"Error: {f} already exists - choose another --out or pass --force to overwrite it"
+
+
+def test_cells_are_registry_rows_and_a_changed_file_replans_only_what_it_changes(any_registry, tmp_path):
+    from vitmed_cli.study import cell_states, load_study, run_cell
+
+    f = _study_file(tmp_path)
+    spec = load_study(f)
+    for key in ("ingest/demo-source", "split/demo-source"):
+        assert run_cell(any_registry, spec, key).state == "done"
+    states = {st.key: st.state for st in cell_states(any_registry, spec)}
+    assert states["split/demo-source"] == "done" and states["ingest/demo-target"] == "pending"
+    assert states["finetune/demo-source-supervised"] == "pending"
+    with any_registry.session() as s:
+        rows = {c.key: c for c in s.scalar(select(Study).where(Study.name == "tiny")).cells}
+        assert len(rows) == 16 and rows["split/demo-source"].state == "done" and rows["split/demo-source"].attempts == 0
+
+    # another validation fraction for the source: its split (and all after it) is planned again, its ingest is not
+    f.write_text(f.read_text().replace("val = 0.15, test = 0.15", "val = 0.2, test = 0.15"))
+    changed = load_study(f)
+    assert changed.datasets["demo-source"].split.val == 0.2
+    states = {st.key: st.state for st in cell_states(any_registry, changed)}
+    assert states["ingest/demo-source"] == "done" and states["split/demo-source"] == "pending"
+    assert run_cell(any_registry, changed, "split/demo-source").state == "done"
