@@ -308,3 +308,23 @@ def test_cells_are_registry_rows_and_a_changed_file_replans_only_what_it_changes
     states = {st.key: st.state for st in cell_states(any_registry, changed)}
     assert states["ingest/demo-source"] == "done" and states["split/demo-source"] == "pending"
     assert run_cell(any_registry, changed, "split/demo-source").state == "done"
+
+
+def test_a_failing_cell_is_tried_twice_then_reported_and_blocks_what_needs_it(tmp_path):
+    f = _study_file(tmp_path, seeds=(0,))
+    # a finding the target does not have: its fine-tunings cannot start
+    f.write_text(f.read_text().replace("[datasets.demo-target]\n", "[datasets.demo-target]\nfindings = [\"Hernia\"]\n"))
+    db = f"sqlite:///{tmp_path / 'registry.db'}"
+    result = runner.invoke(app, ["--db", db, "study", "run", str(f), "--executor", "local"])
+    assert result.exit_code == 1
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
+    assert [line.split(":")[1].strip() for line in failed] == [
+        "finetune/demo-target/random/0", "finetune/demo-target/demo-source-supervised/0"]
+    status = json.loads(runner.invoke(app, ["--db", db, "study", "status", str(f), "--json"]).stdout)
+    by_key = {c["key"]: c for c in status["cells"]}
+    assert by_key["finetune/demo-source-supervised"]["state"] == "done"  # the source stage is unaffected
+    for key in ("finetune/demo-target/random/0", "finetune/demo-target/demo-source-supervised/0"):
+        assert by_key[key]["state"] == "failed" and by_key[key]["attempts"] == 2
+        assert "Hernia" in by_key[key]["error"]
+    assert by_key["predict/demo-target/random/0"]["state"] == "pending"
+    assert by_key["report"]["state"] == "pending"
