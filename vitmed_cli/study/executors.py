@@ -30,7 +30,8 @@ class Executor(Protocol):
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """What a Slurm job asks for (options of study run, or [executor.slurm] in the study file)."""
+    """What a Slurm job asks for (options of study run, or [executor.slurm] in the study file);
+    ``vitmed_cli.study.slurm.SlurmExecutor(options)`` takes it."""
 
     gpus: int | None = None
     partition: str | None = None
@@ -38,9 +39,17 @@ class SlurmOptions:
     account: str | None = None
 
 
-def cell_argv(db_url: str, study_file: str | Path, keys: list[str]) -> list[str]:
-    """The command line that runs ``keys`` (in order) of a study: what every executor starts."""
-    return [sys.executable, "-m", "vitmed_cli", "--db", db_url, "study", "cell", str(study_file), *keys]
+def cell_argv(study_file: str | Path, keys: list[str]) -> list[str]:
+    """The command line that runs ``keys`` (in order) of a study: what every executor starts.
+
+    The registry and workspace travel in the environment (:func:`cell_env`), so a password in
+    the registry URL never shows in a process list."""
+    return [sys.executable, "-m", "vitmed_cli", "study", "cell", str(study_file), *keys]
+
+
+def cell_env(db_url: str, home: str | Path) -> dict[str, str]:
+    """The environment a cell's job needs on top of its own: the registry URL and the workspace."""
+    return {"VITMED_DB_URL": db_url, "VITMED_HOME": str(home)}
 
 
 def _log_name(key: str) -> str:
@@ -114,4 +123,4 @@ class LocalExecutor:
                 proc.kill()
 
 
-__all__ = ["Executor", "JOB_STATES", "LocalExecutor", "SlurmOptions", "cell_argv", "visible_gpus"]
+__all__ = ["Executor", "JOB_STATES", "LocalExecutor", "SlurmOptions", "cell_argv", "cell_env", "visible_gpus"]

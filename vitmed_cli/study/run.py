@@ -18,7 +18,7 @@ from ..errors import ConfigError, VitmedError
 from ..events import Listener, notice, progress, warning
 from ..registry.db import Registry
 from .cells import MAX_ATTEMPTS, cell_states, mark_attempt, mark_failed, run_cell, sync_study
-from .executors import Executor, LocalExecutor, SlurmOptions, cell_argv
+from .executors import Executor, LocalExecutor, SlurmOptions, cell_argv, cell_env
 from .plan import LIGHT_STAGES, Cell, build_plan
 from .spec import StudySpec
 
@@ -190,7 +190,8 @@ def run_study(
             if pred in by_key and states[pred].state != "done" and pred not in errors:
                 keys.append(pred)
             tries[cell.key] = tries.get(cell.key, 0) + 1
-            job = executor.submit(cell.key, cell_argv(db_url, spec.file, keys), log_dir=log_dir)
+            job = executor.submit(cell.key, cell_argv(spec.file, keys), log_dir=log_dir,
+                                  env=cell_env(db_url, registry.workspace.home))
             for k in keys:
                 mark_attempt(registry, spec.name, k, job)
             inflight[job] = keys
