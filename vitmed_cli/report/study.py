@@ -181,7 +181,7 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
             for i, (cmp, results) in enumerate(rows):
                 macro = results.get(MACRO)
                 ref = cmp.label_b
-                mode = (cmp.options or {}).get("mode", "per-seed" if len(rows) > 1 or seeds[1:] else "single")
+                mode = (cmp.options or {}).get("mode", "per-seed" if len(rows) > 1 else "pair")
                 modes.add(mode)
                 label = f"{c.init} vs {(c.detail or {}).get('reference') or _ref_of(c.key)}"
                 if len(rows) > 1:
@@ -221,6 +221,8 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
     if "seeds" in modes:
         p_note = ("p: paired bootstrap over the test images, each resample averaging an init's AUC over its "
                   "seeds (two-sided); FDR-adjusted p where shown")
+    elif modes <= {"pair"}:
+        p_note = "p: paired bootstrap over the test images (two-sided); FDR-adjusted p where shown"
     else:
         p_note = ("p: paired bootstrap over the test images per seed (two-sided); with several seeds the "
                   "largest of the per-seed p-values is shown")

@@ -2,7 +2,8 @@
 
 :func:`compare_inits` is the one place the study calls the comparison engine:
 :func:`vitmed_cli.compare.compare_over_seeds` (one p-value per finding from resamples that
-average each init's AUC over its seeds, with each seed's own p-value beside it).
+average each init's AUC over its seeds, with each seed's own p-value beside it; with one seed,
+:func:`vitmed_cli.compare.compare`).
 :func:`adjust_study_fdr` then adjusts the p-values over the study's stated family.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..compare import adjust_fdr, compare_over_seeds
+from ..compare import adjust_fdr, compare, compare_over_seeds
 from ..events import Listener
 from ..registry.db import Registry
 from .spec import StatisticsSpec, StudySpec
@@ -19,7 +20,14 @@ from .spec import StatisticsSpec, StudySpec
 def compare_inits(registry: Registry, *, evaluations_a: list[int], evaluations_b: list[int], label_a: str,
                   label_b: str, seeds: list[int], statistics: StatisticsSpec,
                   on_event: Listener | None = None) -> dict[str, Any]:
-    """Compare init A (``evaluations_a``, one per seed) with B; the stored comparison's id."""
+    """Compare init A (``evaluations_a``, one per seed) with B; the stored comparison's id.
+
+    With one seed each this is the plain paired comparison (which adds DeLong's test)."""
+    if len(evaluations_a) == 1 and len(evaluations_b) == 1:
+        res = compare(registry, evals=[evaluations_a[0], evaluations_b[0]], n_resamples=statistics.resamples,
+                      seed=statistics.seed, alpha=statistics.alpha, on_event=on_event)
+        cid = res["pairs"][0]["comparison_id"]
+        return {"comparison_id": cid, "comparison_ids": [cid], "mode": "pair"}
     res = compare_over_seeds(registry, evaluations_a=evaluations_a, evaluations_b=evaluations_b, label_a=label_a,
                              label_b=label_b, n_resamples=statistics.resamples, seed=statistics.seed,
                              alpha=statistics.alpha, per_seed=len(seeds) > 1, on_event=on_event)
