@@ -207,6 +207,9 @@ def run_cell(registry: Registry, spec: StudySpec, key: str, *, on_event: Listene
     cell = cells[key]
     if states[key].state == "done":
         return states[key]
+    if cell.stage == "finetune" and states[key].state == "running":
+        raise CellFailed(f"cell {key} is being trained by another process (run {states[key].run_id}) - wait for "
+                         f"it: vitmed study status {spec.file}")
     missing = [d for d in cell.deps if states[d].state != "done"]
     if missing:
         raise CellFailed(f"cell {key} waits for {', '.join(missing)} - run vitmed study run {spec.file}")
