@@ -130,6 +130,14 @@ def registry(make_registry) -> Registry:
 
 
 @pytest.fixture
+def csv_dataset(tmp_path):
+    """A small csv-format download (tests/helpers.py write_csv_dataset): the CSV's path."""
+    from helpers import write_csv_dataset
+
+    return write_csv_dataset(tmp_path / "mydata")
+
+
+@pytest.fixture
 def any_registry(registry_url, make_registry) -> Registry:
     """A migrated registry on SQLite and on PostgreSQL (when configured)."""
     return make_registry(registry_url)

@@ -37,6 +37,25 @@ from vitmed_cli.registry.models import (
 TOY_FINDINGS = ("Effusion", "Nodule")
 
 
+def write_csv_dataset(folder: Path) -> Path:
+    """A csv-format download: six 40 x 30 PNGs (005 broken, 005 lateral), three patients, two
+    findings and a free-text column; returns the CSV's path."""
+    import pandas as pd
+    from PIL import Image as PILImage
+
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        name = f"img/{i:03d}.png"
+        PILImage.fromarray(np.full((40, 30), 20 * i, dtype=np.uint8)).save(folder / name)
+        rows.append({"path": name, "patient_id": f"P{i // 2}", "view": "PA" if i != 5 else "LATERAL",
+                     "sex": "F", "age": 50 + i, "Cardiomegaly": i % 2,
+                     "Effusion": "" if i == 0 else (-1 if i == 3 else 0), "comment": "free text"})
+    (folder / "img" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    return folder / "labels.csv"
+
+
 def build_dataset(
     registry,
     folder: Path,

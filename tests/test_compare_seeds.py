@@ -175,7 +175,8 @@ def test_cli_compare_over_seeds_json_and_table(registry):
     m = pair["macro"]
     assert f"{m['auc_a']:.3f} ± {m['sd_a']:.3f}" in text
     assert "dinov2 (A, 3 seeds: 0, 1, 2, tune all) vs imagenet (B, 3 seeds: 0, 1, 2, tune all)" in text
-    assert "FDR = Benjamini-Hochberg over the findings of this comparison" in text
+    assert ("FDR family: the findings of this comparison (macro row on its own), Benjamini-Hochberg"
+            in text)
     both = _invoke(registry, *args, "--all-seeds")
     assert both.exit_code == 1
     assert both.stderr.strip() == ("Error: --over-seeds pools the seeds and --all-seeds compares seed s "

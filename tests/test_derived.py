@@ -273,3 +273,41 @@ def test_merge_names_are_checked_before_anything_runs():
         TrainConfig(dataset="d", merge={"x": []}).check()
     with pytest.raises(TrainingError, match=r"^`no_finding` x is also a `merge` NAME"):
         TrainConfig(dataset="d", merge={"x": ["A", "B"]}, no_finding="x").check()
+
+
+def test_two_evaluations_making_one_derived_row_at_once_share_it(any_registry, tmp_path):
+    """Runs predicted in parallel (a study on a cluster) make a derived finding's row once."""
+    import threading
+    import time
+
+    from vitmed_cli.evaluations.store import derived_finding_ids
+
+    registry = any_registry
+    build_dataset(registry, tmp_path, n=40, findings=FINDINGS)
+    with registry.session(readonly=True) as s:
+        part, _ = add_derived(load_part(s, "toy", None, "test"), {"nm": ["Nodule", "Mass"]}, None)
+        ds_id = s.scalar(select(Dataset.id))
+    ids: dict[str, int] = {}
+
+    def second() -> None:
+        with registry.session() as s:
+            ids["b"] = derived_finding_ids(s, ds_id, part)[-1]
+
+    with registry.session() as s:
+        ids["a"] = derived_finding_ids(s, ds_id, part)[-1]  # made, not yet committed
+        other = threading.Thread(target=second)
+        other.start()
+        time.sleep(0.5)  # the second waits: on the row's unique key (PostgreSQL), the write lock (SQLite)
+    other.join()
+    assert ids["a"] == ids["b"]
+    with registry.session() as s:
+        rows = s.scalars(select(Finding).where(Finding.canonical == "nm")).all()
+        assert [(r.id, r.native) for r in rows] == [(ids["a"], DERIVED_NATIVE)]
+
+
+def test_derived_names_fit_the_registry(registry, tmp_path):
+    build_dataset(registry, tmp_path, n=60, findings=FINDINGS)
+    long = "n" * 129
+    line = _one_line_error(_invoke(registry, "finetune", "--dataset", "toy", "--no-finding", long, *TINY_ARGS))
+    assert line == ("Error: the no-finding name is 129 characters long; the registry keeps at most 128 - "
+                    "choose a shorter --no-finding (e.g. 'nnnnnnnnnnnnnnnnnnnnnnnn')")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,22 +31,6 @@ def _one_line_error(result) -> str:
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
-
-
-@pytest.fixture
-def csv_dataset(tmp_path) -> Path:
-    folder = tmp_path / "mydata"
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for i in range(6):
-        name = f"img/{i:03d}.png"
-        PILImage.fromarray(np.full((40, 30), 20 * i, dtype=np.uint8)).save(folder / name)
-        rows.append({"path": name, "patient_id": f"P{i // 2}", "view": "PA" if i != 5 else "LATERAL",
-                     "sex": "F", "age": 50 + i, "Cardiomegaly": i % 2, "Effusion": "" if i == 0 else (-1 if i == 3 else 0),
-                     "comment": "free text"})
-    (folder / "img" / "005.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
-    return folder / "labels.csv"
 
 
 def _counts(registry) -> tuple[int, int, int, int]:
@@ -84,7 +67,7 @@ def test_csv_ingest_then_idempotent_rerun(sqlite_url, make_registry, csv_dataset
 
 
 def test_interrupted_cache_resumes_and_new_rows_are_added(registry, csv_dataset):
-    s1 = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
+    ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
     with registry.session() as s:
         ids = s.scalars(select(Image.id).order_by(Image.id).limit(2)).all()
         s.execute(update(Image).where(Image.id.in_(ids)).values(readable=None, cache_index=None))
@@ -185,7 +168,41 @@ def test_bad_label_value_and_failed_insert_leave_nothing(registry, csv_dataset, 
     monkeypatch.setattr(ingest_mod, "INSERT_BATCH", 2)
     with pytest.raises(RefusedError, match="nothing was stored"):
         ingest_dataset(registry, "csv", csv_dataset, name="mine")
+    # the batches committed before the failure are removed with the dataset this ingest created
     assert _counts(registry) == (0, 0, 0, 0)
+
+
+def test_a_failed_batch_of_new_images_leaves_a_registered_dataset_incomplete(registry, csv_dataset, monkeypatch):
+    ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
+    df = pd.read_csv(csv_dataset)
+    for i in range(6, 10):
+        PILImage.fromarray(np.full((30, 30), 10 * i, dtype=np.uint8)).save(csv_dataset.parent / "img" / f"{i:03d}.png")
+        df.loc[len(df)] = {"path": f"img/{i:03d}.png", "patient_id": f"P{i}", "view": "PA", "sex": "M", "age": 30,
+                           "Cardiomegaly": 1, "Effusion": 0, "comment": "x"}
+    df.to_csv(csv_dataset, index=False)
+    real = formats_mod.READERS["csv"]
+
+    def poisoned(*args, **kwargs):
+        records = real.read(*args, **kwargs)
+        records.labels[-1, 0] = 5  # the last new image's label violates the CHECK constraint
+        return records
+
+    monkeypatch.setitem(formats_mod.READERS, "csv", formats_mod.Reader(poisoned, real.options))
+    monkeypatch.setattr(ingest_mod, "INSERT_BATCH", 2)
+    with pytest.raises(RefusedError) as info:
+        ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
+    assert str(info.value).endswith(" - nothing was stored (that batch only: dataset 'mine' keeps the images "
+                                    "registered before it and is marked incomplete - run the same ingest again to "
+                                    "finish it)")
+    with registry.session() as s:  # the earlier dataset stays, with the first batch of new images
+        ds = s.scalar(select(Dataset))
+        assert ds.options["registration"] == "incomplete"
+        assert s.scalar(select(func.count()).select_from(Image)) == 8
+    monkeypatch.setitem(formats_mod.READERS, "csv", real)
+    done = ingest_dataset(registry, "csv", csv_dataset, name="mine", image_size=32, workers=1)
+    assert (done.n_images, done.n_new_images, done.n_ingested) == (10, 2, 4)
+    with registry.session() as s:
+        assert "registration" not in s.scalar(select(Dataset)).options
 
 
 def test_synthetic_ingest_via_cli(sqlite_url, tmp_path):

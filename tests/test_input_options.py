@@ -136,18 +136,19 @@ def test_runs_from_before_rotation_and_normalise_resume_and_predict(registry, tm
         if epoch == 0 and batch == 1:
             signal.raise_signal(signal.SIGINT)
 
-    cut = finetune(registry, dataset="toy", epochs=2, seed=5, on_step=interrupt, **FAST)
+    cut = finetune(registry, dataset="toy", epochs=2, seed=5, rotation=0.0, on_step=interrupt, **FAST)
     assert cut.status == "interrupted"
     with registry.session() as s:  # the run as an older vitmed stored it
         run = s.get(Run, cut.run_id)
         train = {k: v for k, v in run.config["train"].items() if k not in NEW_FIELDS}
-        run.config = {**run.config, "train": {**train, "max_rotation": 10.0}}
+        run.config = {**run.config, "train": {**train, "max_rotation": 0.0}}
     done = resume(registry, cut.run_id)
     assert done.status == "completed" and done.epochs_done == 2
     ev = predict(registry, run_id=cut.run_id, device="cpu")
     with registry.session() as s:
         assert s.get(Evaluation, ev.evaluation_id).config["normalise"] == "init"
-    whole = finetune(registry, dataset="toy", epochs=2, seed=5, **FAST)  # the same run, uninterrupted
+    # the same run uninterrupted: the resumed half rotated by max_rotation (0), not the default 10
+    whole = finetune(registry, dataset="toy", epochs=2, seed=5, rotation=0.0, **FAST)
     assert done.history[-1]["val_macro_auc"] == pytest.approx(whole.history[-1]["val_macro_auc"], abs=1e-6)
 
 

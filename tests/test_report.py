@@ -549,7 +549,7 @@ def test_provenance_traces_init_run_and_architecture(filled, tmp_path):
     reg, info = filled
     sha_src = "5e" * 32
     with reg.session() as s:
-        ds = s.query(Dataset).filter_by(name="toyxr").one()
+        assert s.query(Dataset).filter_by(name="toyxr").one()
         src = s.get(Run, info["run_in"])
         src.config = {"train": {"model_kwargs": {"patch_size": 8, "embed_dim": 96, "depth": 4,
                                                  "num_heads": 3}}}

@@ -194,12 +194,11 @@ def test_fdr_bh_matches_statsmodels_and_keeps_nan():
 def test_youden_threshold_and_metrics_match_brute_force():
     y, a, _ = _data(n=200, k=1, seed=12)
     y, s = y[:, 0], a[:, 0]
-    best, best_j = None, -2.0
+    best_j = -2.0  # the largest Youden J over every candidate threshold
     for t in np.unique(s):
         pred = s >= t
         j = (pred & (y == 1)).sum() / (y == 1).sum() - (pred & (y == 0)).sum() / (y == 0).sum()
-        if j > best_j + 1e-12:
-            best, best_j = t, j
+        best_j = max(best_j, j)
     thr = stats.youden_threshold(y, s)
     m = stats.threshold_metrics(y, s, thr)
     assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(best_j, abs=1e-12)
@@ -241,15 +240,16 @@ def test_paired_bootstrap_seeds_matches_a_direct_loop():
     y, _, _ = _data(n=140, k=3, seed=21, prevalence=(0.08, 0.3, 0.6))
     y[::6, 1] = np.nan
     sa, sb = _seed_scores(y, 3, 0.9, seed=1), _seed_scores(y, 2, 0.5, seed=2)
-    idx = stats.bootstrap_indices(len(y), 100, seed=5)
-    res = stats.paired_bootstrap_seeds(y, sa, sb, n_resamples=100, seed=5)
+    # 102 resamples: not a multiple of 4, the unpacked cumulative sum (the paired test packs)
+    idx = stats.bootstrap_indices(len(y), 102, seed=5)
+    res = stats.paired_bootstrap_seeds(y, sa, sb, n_resamples=102, seed=5)
     assert stats.paired_bootstrap_seeds(y, sa, sb, indices=idx).macro == res.macro
     ba, bb = _slow_seed_aucs(y, sa, idx), _slow_seed_aucs(y, sb, idx)  # (S, k, B)
     # each resample: the seed-mean AUC of A minus that of B, on the same images
     d = ba.mean(axis=0) - bb.mean(axis=0)
     full_a = np.array([[_sk_auc(y[:, j], s[:, j]) for j in range(3)] for s in sa])
     full_b = np.array([[_sk_auc(y[:, j], s[:, j]) for j in range(3)] for s in sb])
-    assert res.n_seeds_a == 3 and res.n_seeds_b == 2 and res.n_resamples == 100
+    assert res.n_seeds_a == 3 and res.n_seeds_b == 2 and res.n_resamples == 102
     for j, f in enumerate(res.findings):
         assert f.auc_a == pytest.approx(full_a[:, j].mean(), abs=1e-12)
         assert f.auc_b == pytest.approx(full_b[:, j].mean(), abs=1e-12)
@@ -310,3 +310,21 @@ def test_paired_bootstrap_seeds_per_seed_on_the_same_resamples():
         stats.paired_bootstrap_seeds(y, sa, sb[:1], n_resamples=20, per_seed=True)
     with pytest.raises(StatsError, match=r"scores_b\[1\]: .*align both"):
         stats.paired_bootstrap_seeds(y, sa, [sb[0], sb[1][:-1]], n_resamples=20)
+
+
+def test_bootstrap_is_exact_beyond_16_bit_counts():
+    # 2**16 images and more: counts and block totals leave uint16 for float32
+    rng = np.random.default_rng(8)
+    n = 70_000
+    y = (rng.random(n) < 0.3).astype(float)
+    a = np.round(y + rng.normal(size=n), 2)  # ties across classes too
+    b = np.round(0.5 * y + rng.normal(size=n), 2)
+    idx = stats.bootstrap_indices(n, 3, seed=2)
+    res = stats.paired_bootstrap(y, a, b, indices=idx)
+    da, db = _slow_bootstrap(y[:, None], a[:, None], b[:, None], idx)
+    d = np.round(da - db, 12)
+    assert res.findings[0].p_value == pytest.approx(_slow_p(d[0]), abs=1e-12)
+    lo, hi = np.quantile(d[0], [0.025, 0.975])
+    assert (res.findings[0].ci_low, res.findings[0].ci_high) == pytest.approx((lo, hi), abs=1e-12)
+    one = stats.bootstrap_auc(y, a, indices=idx).findings[0]
+    assert (one.mean, one.sd) == pytest.approx((da[0].mean(), da[0].std(ddof=1)), abs=1e-12)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -17,6 +18,12 @@ def first_line(obj: Any) -> str:
     return text.splitlines()[0].strip()
 
 
+def file_token() -> str:
+    """A random token for the names of a row's files (a dataset's cache, a run's folder), so two
+    registries sharing one workspace never write to, or delete, each other's files."""
+    return secrets.token_hex(4)
+
+
 def finite_or_none(value: Any) -> float | None:
     """``value`` as a float when it is a finite number (numpy scalars included), else None."""
     if value is None:
@@ -26,6 +33,16 @@ def finite_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def format_bytes(n: int | float) -> str:
+    """A size as people read it: 512 B, 3.2 MB, 41.7 GB (decimal units, as disks are sold)."""
+    n = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover - the loop returns
 
 
 def format_p(value: float | None) -> str:

@@ -25,7 +25,15 @@ from .registry.models import (
     Run,
 )
 from .registry.owner import STALE_STATUS, display_status, heartbeat_age
-from .registry.queries import get_dataset, get_evaluation, get_run, run_tune
+from .registry.queries import (
+    get_dataset,
+    get_evaluation,
+    get_run,
+    image_states,
+    ingest_command,
+    registration_complete,
+    run_tune,
+)
 from .datasets.parts import size_caches
 from .splits import split_summary
 from .weights.families import family_of, licence_of
@@ -36,6 +44,10 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
         counts = dict(
             s.execute(select(Image.dataset_id, func.count()).group_by(Image.dataset_id)).all()
         )
+        not_cached = dict(
+            s.execute(select(Image.dataset_id, func.count()).where(Image.readable.is_(None))
+                      .group_by(Image.dataset_id)).all()
+        )
         out = []
         for ds in s.scalars(select(Dataset).order_by(Dataset.id)):
             out.append(
@@ -44,6 +56,7 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
                     "name": ds.name,
                     "format": ds.format,
                     "n_images": counts.get(ds.id, 0),
+                    "status": _status(ds, not_cached.get(ds.id, 0)),
                     "n_findings": len(ds.findings),
                     "image_size": ds.image_size,
                     "splits": [sp.name for sp in ds.splits],
@@ -54,14 +67,20 @@ def list_datasets(registry: Registry) -> list[dict[str, Any]]:
         return out
 
 
+def _status(ds: Dataset, n_not_cached: int) -> str:
+    """complete, or which part of its ingest stopped before the end."""
+    if not registration_complete(ds):
+        return "registration incomplete"
+    return "caching incomplete" if n_not_cached else "complete"
+
+
 def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
     """Counts of images, patients, unreadable files and labels per finding and split part."""
     with registry.session(readonly=True) as s:
         ds = get_dataset(s, name)
-        n_images = s.scalar(select(func.count()).where(Image.dataset_id == ds.id))
-        n_unreadable = s.scalar(
-            select(func.count()).where(Image.dataset_id == ds.id, Image.readable.is_(False))
-        )
+        states = image_states(s, ds.id)
+        n_images, n_unreadable = states["n_images"], states["n_unreadable"]
+        status = _status(ds, states["n_not_cached"])
         n_patients = (
             s.scalar(
                 select(func.count(func.distinct(Image.patient_id))).where(
@@ -116,6 +135,10 @@ def dataset_summary(registry: Registry, name: str) -> dict[str, Any]:
             "n_images": n_images,
             "n_patients": n_patients,
             "n_unreadable": n_unreadable,
+            "n_cached": states["n_cached"],
+            "n_not_cached": states["n_not_cached"],  # an ingest that stopped before the end
+            "status": status,
+            "resume_command": None if status == "complete" else ingest_command(ds),
             "views": views,
             "findings": findings,
             "splits": splits,

@@ -47,5 +47,13 @@ class StatsError(VitmedError):
     """Arrays handed to a statistic do not fit together."""
 
 
+class IncompleteDataset(VitmedError):
+    """A dataset whose ingest stopped before the end: registration or image cache unfinished."""
+
+
+class StorageError(VitmedError):
+    """A file vitmed writes does not fit on its disk, or the process writing it died."""
+
+
 class RefusedError(VitmedError):
     """An action was refused because it would lose or corrupt stored work."""

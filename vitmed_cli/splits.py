@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, insert, select
 
-from .registry.queries import get_dataset, get_split, used_images
+from .registry.queries import get_dataset, get_split, require_complete, used_images
 from .errors import AlreadyExists, ConfigError, InputError, RefusedError
 from .registry.db import Registry
 from .registry.names import check_name
@@ -362,6 +362,7 @@ def make_split(
     check_fractions(val, test)
     with registry.session() as s:
         ds = get_dataset(s, dataset)
+        require_complete(s, ds, "split it")
         name = check_name(name or f"{'patient' if ds.has_patient_ids else 'image'}-s{seed}", Split.name,
                           param="name", what="split")
         _drop_existing(s, ds, name, replace)
@@ -404,6 +405,7 @@ def official_split(
     check_fractions(val, 0.0)
     with registry.session() as s:
         ds = get_dataset(s, dataset)
+        require_complete(s, ds, "split it")
         images = _load_images(s, ds)
         official = np.array([_PART_INDEX.get(o, -1) if o else -1 for o in images.official], dtype=np.int64)
         if len(images.ids) == 0 or (official < 0).all():
@@ -517,6 +519,7 @@ def import_split(
         raise InputError(f"split file {file} has no rows - export one with vitmed split NAME --export S")
     with registry.session() as s:
         ds = get_dataset(s, dataset)
+        require_complete(s, ds, "split it")
         _drop_existing(s, ds, name, replace)
         images = _load_images(s, ds)
         index = {k: i for i, k in enumerate(images.keys)}

@@ -13,6 +13,8 @@ Conventions
   of resampling, so correlations between findings and models are kept).
   Resampled AUCs are computed from per-image counts on scores sorted once per
   finding and model, so one resample costs O(n) after one O(n log n) sort.
+  The resample indices always come from one seeded stream in the same order
+  (:func:`bootstrap_indices`), whatever the block size or number of threads.
 
 One module on purpose (about 600 lines): every statistic here shares the
 conventions above and the bootstrap engine, and nothing else in vitmed may
@@ -22,6 +24,7 @@ compute an AUC or a p-value its own way.
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -54,7 +57,9 @@ __all__ = [
 ]
 
 CONFIDENCE = 0.95
-_CHUNK = 32  # resamples per block: a block of counts stays in cache
+_CHUNK = 32  # resamples per draw: a block of counts stays in cache
+_BLOCK_CELLS = 1 << 20  # images x resamples counted per block (several draws when the test set is small)
+_MAX_WORKERS = 8
 
 
 # --------------------------------------------------------------------------- inputs
@@ -223,7 +228,7 @@ def _index_blocks(n: int, n_resamples: int, seed: int, block: int = _CHUNK) -> I
         done += c
 
 
-def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+def bootstrap_indices(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
     """The resampled image indices ``(n_resamples, n)`` that the bootstrap functions use for ``seed``.
 
     Row b lists the images (with repetition) of resample b; tests and slow
@@ -233,114 +238,137 @@ def bootstrap_indices(n: int, n_resamples: int = 1000, seed: int = 0) -> np.ndar
     return np.concatenate(blocks) if blocks else np.empty((0, n), dtype=np.int64)
 
 
-def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:
-    """How often each image occurs in each resample, as float32 ``(n, c)`` (images x resamples).
+def _count_dtype(n: int) -> type:
+    """The narrowest type that holds every count, block total and cumulative total exactly.
 
-    Counted row by row (each row's scatter stays in cache), then transposed;
-    float32 holds counts and (twice the) bin totals exactly below 2**23 images.
+    Each of those is at most n (a resample draws n images): uint16 below 2**16
+    images (integer sums vectorise best), float32 below 2**24, float64 above.
     """
-    c = idx.shape[0]
-    flat = idx.astype(np.int64) + (np.arange(c, dtype=np.int64) * n)[:, None]
-    w = np.bincount(flat.ravel(), minlength=n * c).reshape(c, n)
-    # 2 * (a bin total) must stay an exact whole number: float32 below 2**23 images
-    return np.ascontiguousarray(w.T, dtype=np.float32 if n < 2**23 else np.float64)
+    return np.uint16 if n < 2**16 else np.float32 if n < 2**24 else np.float64
+
+
+def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each image occurs in each resample, ``(n, c)`` (images x resamples).
+
+    Counted resample by resample (each scatter stays in cache) into the narrow
+    type, then transposed.
+    """
+    w = np.empty((idx.shape[0], n), dtype=_count_dtype(n))
+    for r in range(idx.shape[0]):
+        w[r] = np.bincount(idx[r], minlength=n)
+    return np.ascontiguousarray(w.T)
+
+
+def _segments(pos: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Blocks of one finding and model: (row of each image, blocks holding a tie, number of blocks).
+
+    Sorted by score, the labelled images form runs of negatives and positives.
+    Block b is a run of negatives (row b) followed by a run of positives (row
+    nb + b); a score held by a positive and a negative is a block of its own.
+    Per resample the AUC numerator is then sum_b P_b * (negatives up to block b),
+    less half of P_b * N_b for the tie blocks, over 2 * nb rows instead of n images.
+    """
+    order = np.argsort(s, kind="mergesort")
+    ss, pp = s[order], pos[order]
+    new_value = np.empty(ss.size, dtype=bool)
+    new_value[0] = True
+    np.not_equal(ss[1:], ss[:-1], out=new_value[1:])
+    vid = np.cumsum(new_value) - 1  # distinct score of each sorted image
+    nv = int(vid[-1]) + 1
+    has_p = np.zeros(nv, dtype=bool)
+    has_n = np.zeros(nv, dtype=bool)
+    has_p[vid[pp]] = True
+    has_n[vid[~pp]] = True
+    tie = has_p & has_n
+    start = tie.copy()  # a new block at a tie, after a tie, and at negatives after positives
+    start[1:] |= tie[:-1] | (has_n[1:] & has_p[:-1])
+    start[0] = True
+    block_of_value = np.cumsum(start) - 1
+    nb = int(block_of_value[-1]) + 1
+    block = block_of_value[vid]
+    rows = np.empty(s.size, dtype=np.int64)
+    rows[order] = np.where(pp, nb + block, block)
+    return rows, np.unique(block_of_value[tie]), nb
 
 
 class _Engine:
     """Resampled AUCs of several models on several findings from per-image counts.
 
-    For each finding and model, the labelled images are binned once: the
-    distinct scores of the smaller class are "levels"; each image of the other
-    class falls strictly between two levels or on one (a tie).  One sparse
-    0/1 matrix (bins x images) for all findings and models turns a block of
-    resample counts into weighted bin totals in a single product; per resample
-    the AUC numerator is then a cumulative sum over at most 2 * levels + 1
-    bins, so no resample is ever sorted.
+    For each finding and model the labelled images are grouped once into blocks
+    of consecutive scores (see :func:`_segments`); one sparse 0/1 matrix (rows x
+    images) turns a block of resample counts into every block's negative and
+    positive weight in a single product, and a cumulative sum over the blocks
+    gives the AUC numerator, so no resample is ever sorted.  Counts, block totals
+    and their cumulative sums are whole numbers up to n, exact in
+    :func:`_count_dtype`; products are taken in float64.
     """
 
     def __init__(self, y: np.ndarray, models: Sequence[np.ndarray]):
         from scipy import sparse
 
         n, k = y.shape
-        rows, cols = [], []
-        self.blocks = []  # (finding, model, first row, n_levels)
+        self.pos_rows: list[int] = []
+        self.pos_cols: list[np.ndarray] = []
+        rows, cols, parts = [], [], []
         r0 = 0
         for j in range(k):
-            labelled = ~np.isnan(y[:, j])
+            labelled = np.flatnonzero(~np.isnan(y[:, j]))
+            pos = y[labelled, j] == 1
+            if pos.all() or not pos.any():
+                continue  # NaN for every resample
+            self.pos_rows.append(j)
+            self.pos_cols.append(labelled[pos])
             for mi, m in enumerate(models):
-                s = m[:, j]
-                pos = np.flatnonzero(labelled & (y[:, j] == 1))
-                neg = np.flatnonzero(labelled & (y[:, j] == 0))
-                sp, sn = s[pos], s[neg]
-                lev_p, lev_n = np.unique(sp), np.unique(sn)
-                flip = lev_n.size < lev_p.size
-                if flip:  # AUC(y, s) = AUC(1 - y, -s): level the smaller class
-                    pos, neg, sp, sn = neg, pos, -sn, -sp
-                    lev_p = np.unique(sp)
-                nlev = lev_p.size
-                t = np.searchsorted(lev_p, sn, side="left")
-                tie = (t < nlev) & (lev_p[np.minimum(t, max(nlev - 1, 0))] == sn) if nlev else np.zeros(sn.size, bool)
-                nbin = 2 * t + tie
-                plev = np.searchsorted(lev_p, sp)
-                rows += [r0 + nbin, r0 + 2 * nlev + 1 + plev]
-                cols += [neg, pos]
-                self.blocks.append((j, mi, r0, nlev))
-                r0 += 3 * nlev + 1
-        self.n_rows = r0
+                r, ties, nb = _segments(pos, m[labelled, j])
+                rows.append(r0 + r)
+                cols.append(labelled)
+                parts.append((j, mi, r0, nb, ties))
+                r0 += 2 * nb
         rr = np.concatenate(rows) if rows else np.empty(0, np.int64)
         cc = np.concatenate(cols) if cols else np.empty(0, np.int64)
-        self.g = sparse.csr_matrix(
-            (np.ones(rr.size, dtype=np.float32), (rr, cc)), shape=(max(r0, 1), n)
-        )
-        self.g.sum_duplicates()
-        # one row slice per finding and model: each product is small enough that
-        # transposing it to (resamples, bins) stays in cache
-        self.parts = [
-            (j, mi, self.g[r0 : r0 + 3 * nlev + 1], nlev) for j, mi, r0, nlev in self.blocks if nlev
-        ]
+        dtype = _count_dtype(n)
+        g = sparse.csr_matrix((np.ones(rr.size, dtype=dtype), (rr, cc)), shape=(max(r0, 1), n))
+        # one row slice per finding and model: its product stays in cache
+        self.parts = [(j, mi, g[r0 : r0 + 2 * nb], nb, ties) for j, mi, r0, nb, ties in parts]
         self.k, self.n_models = k, len(models)
-        workers = min(len(self.parts), os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        # the positives' weight per finding, shared by every model
+        pr = np.repeat(np.arange(len(self.pos_cols)), [c.size for c in self.pos_cols])
+        pc = np.concatenate(self.pos_cols) if self.pos_cols else np.empty(0, np.int64)
+        self.pos_g = sparse.csr_matrix((np.ones(pc.size, dtype=dtype), (pr, pc)),
+                                       shape=(max(len(self.pos_cols), 1), n))
+        self.pos_index = {j: i for i, j in enumerate(self.pos_rows)}
 
     def aucs(self, wt: np.ndarray) -> np.ndarray:
-        """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate.
-
-        Bin totals stay in the (bins, resamples) layout of the sparse product, so
-        nothing is transposed; they are whole numbers below 2**24, exact in float32
-        (see :func:`_counts_t`), and only the final products are taken in float64.
-        The level class is cumulated (``nlev`` rows, not the other class's
-        ``2 * nlev + 1``), and findings run on a thread pool: the sparse product and
-        the cumulative sum release the GIL.
-        """
+        """AUCs ``(n_models, n_findings, c)`` for counts ``wt`` (n, c); NaN where degenerate."""
         c = wt.shape[1]
         out = np.full((self.n_models, self.k, c), np.nan)
-
-        def one(part) -> None:
-            j, mi, g, nlev = part
-            tot = g @ wt  # (3 * nlev + 1, c) bin totals
-            other = tot[: 2 * nlev + 1]
-            levels = tot[2 * nlev + 1 :]
-            # above[k] = level-class weight at levels >= k (above[nlev] = 0)
-            above = np.zeros((nlev + 1, c), dtype=tot.dtype)
-            np.cumsum(levels[::-1], axis=0, out=above[nlev - 1 :: -1])
-            # twice the AUC numerator: other-class weight strictly between levels k-1 and k
-            # counts every level >= k; at a tie with level k, levels > k and half of level k
-            num2 = np.einsum("ij,ij->j", other[0::2], 2 * above, dtype=np.float64)
-            num2 += np.einsum("ij,ij->j", other[1::2], 2 * above[1:] + levels, dtype=np.float64)
-            den = above[0].astype(np.float64) * other.sum(axis=0, dtype=np.float64)
+        pos_total = (self.pos_g @ wt).astype(np.float64)  # (findings with both classes, c)
+        small = wt.dtype == np.uint16
+        packed = small and c % 4 == 0
+        # sum of products <= positives x negatives <= (n / 2)**2 < 2**30 below 2**16 images
+        acc = np.uint32 if small else np.float64
+        for j, mi, g, nb, ties in self.parts:
+            tot = g @ wt  # (2 * nb, c): negatives of each block, then positives
+            neg, pos = tot[:nb], tot[nb:]
+            if packed:  # four 16-bit totals per 64-bit add: no lane carries, as every total <= n < 2**16
+                upto = np.cumsum(neg.view(np.uint64), axis=0, dtype=np.uint64).view(np.uint16)
+            else:
+                upto = np.cumsum(neg, axis=0, dtype=tot.dtype)  # negatives in blocks <= b
+            num2 = 2.0 * np.einsum("ij,ij->j", pos, upto, dtype=acc).astype(np.float64)
+            if ties.size:  # a tie counts 1/2, not 1
+                num2 -= np.einsum("ij,ij->j", pos[ties], neg[ties], dtype=acc)
+            den = upto[-1].astype(np.float64) * pos_total[self.pos_index[j]]
             ok = den > 0
             out[mi, j, ok] = num2[ok] / (2.0 * den[ok])
-
-        if self.pool is None:
-            for part in self.parts:
-                one(part)
-        else:
-            list(self.pool.map(one, self.parts))
         return out
+
+
+def _workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, _MAX_WORKERS))
 
 
 def _bootstrap_aucs(
@@ -351,7 +379,13 @@ def _bootstrap_aucs(
     indices: np.ndarray | None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Resampled AUCs, shape ``(n_models, n_findings, n_resamples)``; NaN = degenerate resample."""
+    """Resampled AUCs, shape ``(n_models, n_findings, n_resamples)``; NaN = degenerate resample.
+
+    The indices are drawn in order from one stream (as :func:`bootstrap_indices`
+    returns them); blocks of resamples are counted and scored on a thread pool
+    (the sparse products and numpy's array loops run without the GIL), with at
+    most two blocks per thread in flight, so memory stays a few blocks of counts.
+    """
     n, k = y.shape
     if indices is not None:
         indices = np.asarray(indices)
@@ -360,25 +394,56 @@ def _bootstrap_aucs(
         if indices.size and (indices.min() < 0 or indices.max() >= n):
             raise StatsError(f"indices must lie in 0..{n - 1}")
         n_resamples = indices.shape[0]
-        blocks: Iterator[np.ndarray] = (
-            indices[i : i + _CHUNK] for i in range(0, n_resamples, _CHUNK)
-        )
+        draws: Iterator[np.ndarray] = (indices[i : i + _CHUNK] for i in range(0, n_resamples, _CHUNK))
     else:
         if n_resamples < 1:
             raise StatsError(f"n_resamples must be at least 1, got {n_resamples}")
-        blocks = _index_blocks(n, n_resamples, seed)
+        draws = _index_blocks(n, n_resamples, seed)
+    # small test sets: several draws per block, so per-block overhead stays small
+    per_block = max(1, min(32, _BLOCK_CELLS // (_CHUNK * max(n, 1))))
+
+    def blocks() -> Iterator[np.ndarray]:
+        buf: list[np.ndarray] = []
+        for idx in draws:
+            buf.append(idx)
+            if len(buf) == per_block:
+                yield buf[0] if per_block == 1 else np.concatenate(buf)
+                buf = []
+        if buf:
+            yield np.concatenate(buf)
+
     engine = _Engine(y, models)
     out = np.empty((len(models), k, n_resamples))
     done = 0
+
+    def job(idx: np.ndarray) -> np.ndarray:
+        return engine.aucs(_counts_t(idx, n))
+
+    def put(c: int, aucs: np.ndarray) -> None:
+        nonlocal done
+        out[:, :, done : done + c] = aucs
+        done += c
+        if progress is not None:
+            progress(c)
+
+    workers = _workers()
+    if workers == 1:
+        for idx in blocks():
+            put(idx.shape[0], job(idx))
+        return out
+    pool = ThreadPoolExecutor(workers)
+    pending: deque = deque()
     try:
-        for idx in blocks:
-            c = idx.shape[0]
-            out[:, :, done : done + c] = engine.aucs(_counts_t(idx, n))
-            done += c
-            if progress is not None:
-                progress(c)
+        for idx in blocks():
+            pending.append((idx.shape[0], pool.submit(job, idx)))
+            while len(pending) > 2 * workers:
+                c, fut = pending.popleft()
+                put(c, fut.result())
+        while pending:
+            c, fut = pending.popleft()
+            put(c, fut.result())
     finally:
-        engine.close()
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
@@ -461,7 +526,7 @@ def paired_bootstrap(
     y_true,
     scores_a,
     scores_b,
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     *,
     indices: np.ndarray | None = None,
@@ -548,7 +613,7 @@ def _summary(full: float, x: np.ndarray, level: float) -> AUCSummary:
 def bootstrap_auc(
     y_true,
     scores,
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     *,
     indices: np.ndarray | None = None,

@@ -86,11 +86,14 @@ def _render(result: dict) -> None:
     if seeds:
         family = ("the findings of this comparison (macro row on its own)" if len(result["pairs"]) == 1
                   else "all pairs x findings of this call (macro rows over the pairs)")
+        per_seed = any(p.get("per_seed") for p in result["pairs"])
         console.print(Text(
             f"{result['n_resamples']} paired bootstrap resamples (seed {result['seed']}), each drawing the "
             "test images once for every seed of both inits; AUC = mean ± SD over seeds (SD with ddof=1; "
-            "bootstrap SDs in --json); p-values test the difference of the seed means; "
-            f"FDR = Benjamini-Hochberg over {family}; 'better' where FDR p < {result['alpha']}; "
+            "bootstrap SDs in --json); p-values test the difference of the seed means"
+            + ("; p seed s: seed s of A against seed s of B on the same resamples, not adjusted"
+               if per_seed else "")
+            + f". FDR family: {family}, Benjamini-Hochberg; 'better' where FDR p < {result['alpha']}; "
             "no DeLong p (it tests two single models, not means over seeds).", style="dim"))
         return
     console.print(Text(
@@ -144,7 +147,7 @@ def compare(
     eval_ids: Annotated[Optional[list[int]], typer.Option("--eval", help="An evaluation id. Repeat; may be mixed with --run (runs are listed first, as A).")] = None,
     run_ids: Annotated[Optional[list[int]], typer.Option("--run", help="A run id (its latest evaluation on --part). Repeat.")] = None,
     part: Annotated[Part, typer.Option(help="Split part the evaluations were made on.")] = Part.test,
-    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples.")] = DEFAULT_RESAMPLES,
+    n_resamples: Annotated[int, typer.Option("--n-resamples", min=10, help="Paired bootstrap resamples; the smallest p-value is 2/(N+1), so p < 0.001 needs 2,000 or more.")] = DEFAULT_RESAMPLES,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
     intersect: Annotated[bool, typer.Option(
         "--intersect", help="Compare on the images both evaluations hold (and leave out disputed labels) "

@@ -27,6 +27,10 @@ def list_(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     else:
         print_table(rows, ["id", "name", "format", "n_images", "n_findings", "image_size", "splits"],
                     title="datasets", empty="no datasets yet - run vitmed ingest")
+        for row in rows:  # an ingest that stopped half-way (the table keeps its width for the names)
+            if row["status"] != "complete":
+                console.print(Text(f"{row['name']}: {row['status']}", style="yellow")
+                              + Text(f" - vitmed datasets show {row['name']} names the command that finishes it"))
 
 
 @app.command("show")
@@ -40,7 +44,8 @@ def show(ctx: typer.Context, name: DatasetArg, json_out: JsonOpt = False) -> Non
         print_json(info)
         return
     findings = info.pop("findings")
-    print_record({k: v for k, v in info.items() if k != "splits"}, title=f"dataset {name}")
+    shown = {k: v for k, v in info.items() if k != "splits" and not (k == "resume_command" and v is None)}
+    print_record(shown, title=f"dataset {name}")
     for sp in info["splits"]:
         parts = ", ".join(f"{part} {n} ({sp['used'].get(part, 0)} used)" for part, n in sorted(sp["parts"].items()))
         console.print(Text.assemble("split ", (sp["name"], "bold"), f" ({sp['method']}, seed {fmt(sp['seed'])}): {parts} images"))

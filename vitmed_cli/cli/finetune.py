@@ -84,7 +84,8 @@ def finetune(
         "--findings", metavar="A,B,C",
         help="Comma-separated findings to learn (canonical or the dataset's own names; a dataset's "
         "native 'No Finding' too). Default: all but the dataset's non-findings (e.g. PadChest "
-        "'exclude', 'suboptimal study'); the study learned a fixed list per dataset (7-17 findings).")] = None,
+        "'exclude', 'suboptimal study'); the study learned a fixed list per dataset (7-17 findings). "
+        "Derived findings (--merge, --no-finding) are learned either way.")] = None,
     merge: Annotated[Optional[list[str]], typer.Option(
         "--merge", metavar="NAME=A,B",
         help="Learn a derived finding NAME: positive where any of A, B is, negative where all are "

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from ..choices import DEFAULT_IMAGE_SIZE, Flavour, LabelPolicy
+from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, Flavour, LabelPolicy
 from ..choices import Format as IngestFormat
-from ._common import EventPrinter, JsonOpt, console, print_json, print_record, state, want_json
+from ._common import EventPrinter, JsonOpt, cli_message, console, print_json, print_record, state, want_json
 
 
 def ingest(
@@ -29,6 +29,11 @@ def ingest(
     workers: Annotated[
         Optional[int], typer.Option("--workers", "-w", help="Decoding processes (default: all CPUs).", show_default=False)
     ] = None,
+    max_pixels: Annotated[
+        int,
+        typer.Option("--max-pixels", help="Refuse, before decoding, an image whose header declares more pixels "
+                     "than this (default: Pillow's decompression-bomb limit).", min=1),
+    ] = DEFAULT_MAX_PIXELS,
     label_policy: Annotated[
         Optional[LabelPolicy],
         typer.Option("--label-policy", help="vindr: combine radiologists by majority (default) or any.", show_default=False),
@@ -41,6 +46,9 @@ def ingest(
     findings: Annotated[
         Optional[str], typer.Option("--findings", help="csv: finding columns A,B,C (default: every 0/1/-1 column).", show_default=False)
     ] = None,
+    allow_outside: Annotated[
+        bool, typer.Option("--allow-outside", help="csv: accept image paths outside the CSV's folder.")
+    ] = False,
     n_images: Annotated[Optional[int], typer.Option("--n-images", help="synthetic: number of images.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="synthetic: random seed (default: 0).", show_default=False)] = None,
     flavour: Annotated[
@@ -72,11 +80,13 @@ def ingest(
             image_size=image_size,
             workers=workers,
             on_event=on_event,
+            max_pixels=max_pixels,
             label_policy=label_policy.value if label_policy else None,
             path_col=path_col,
             patient_col=patient_col,
             view_col=view_col,
             findings=findings,
+            allow_outside=True if allow_outside else None,
             n_images=n_images,
             seed=seed,
             flavour=flavour.value if flavour else None,
@@ -92,4 +102,4 @@ def ingest(
     for note in notes:
         console.print(Text("note: ", style="dim") + Text(note))
     for err in errors:
-        console.print(Text("unreadable ", style="yellow") + Text(f"{err['key']}: {err['error']}"))
+        console.print(Text("unreadable ", style="yellow") + Text(f"{err['key']}: {cli_message(err['error'])}"))

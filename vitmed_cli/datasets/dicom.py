@@ -21,6 +21,12 @@ For speed the three steps are folded into one lookup table over every
 possible stored value (``2**BitsStored`` entries), and an image that is much
 larger than asked for is first box-averaged by an integer factor on its stored
 values, so a 2048x2048 12-bit image never becomes a float64 array.
+
+Size limit: a header may claim far more pixels than the file holds (a 700-byte
+RLE file claiming 40000 x 40000 makes the decoder allocate gigabytes).  With
+``max_pixels`` the declared size (Rows x Columns x SamplesPerPixel x frames) is
+checked before any pixel is decoded, as Pillow checks its decompression-bomb
+limit (:data:`DEFAULT_MAX_PIXELS`).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import DEFAULT_MAX_PIXELS
 from ..errors import InputError
 
 log = logging.getLogger("vitmed.dicom")
@@ -43,10 +50,55 @@ PLUGIN_HINT = (
     "install a pixel-data plugin: pip install pylibjpeg pylibjpeg-libjpeg "
     "pylibjpeg-openjpeg (or pip install python-gdcm)"
 )
+# JPEG, JPEG-LS, JPEG 2000 and HTJ2K: the transfer syntaxes pydicom decodes only with a plugin
+# (RLE and deflate it decodes itself)
+PLUGIN_SYNTAX_PREFIX = "1.2.840.10008.1.2.4."
 
 
 class DicomError(InputError):
     """A DICOM file that vitmed cannot turn into a grayscale image."""
+
+
+class ImageTooLarge(InputError):
+    """An image whose header declares more pixels than `max_pixels`; refused before decoding."""
+
+
+def too_large(path, dims: str, n_pixels: int, max_pixels: int) -> ImageTooLarge:
+    """The error for an image declaring ``n_pixels`` (``dims``, e.g. '40000 x 40000') over the limit."""
+    return ImageTooLarge(
+        f"{path}: declares {dims} = {n_pixels:,} pixels, more than `max_pixels` ({max_pixels:,}) - "
+        "refused before decoding (a damaged header or a decompression bomb); raise `max_pixels` "
+        "if the image is real"
+    )
+
+
+def _check_declared_size(ds, path, max_pixels: int | None) -> None:
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(_number(ds.get("NumberOfFrames", 1)) or 1)
+    n = rows * cols * samples * frames
+    if max_pixels is None or n <= max_pixels:
+        return
+    dims = f"{rows} x {cols}" + (f" x {samples} samples" if samples > 1 else "") \
+        + (f" x {frames} frames" if frames > 1 else "")
+    raise too_large(path, dims, n, max_pixels)
+
+
+def _decode_failure(ds, path, exc: BaseException) -> DicomError:
+    """Why pydicom could not decode the pixel data: a missing plugin only where the transfer
+    syntax needs one and none is installed; otherwise the decoder's own reason."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    ts_name = getattr(uid, "name", None) or str(uid or "unknown transfer syntax")
+    text = str(exc)
+    if str(uid or "").startswith(PLUGIN_SYNTAX_PREFIX) and "missing" in text and "dependencies" in text:
+        return DicomError(f"{path}: cannot decode {ts_name} pixel data - {PLUGIN_HINT}")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = lines[-1] if lines else type(exc).__name__
+    return DicomError(
+        f"{path}: cannot decode {ts_name} pixel data ({cause}) - the pixel data is damaged or does not "
+        "match the header"
+    )
 
 
 def _first(value, default=None):
@@ -147,11 +199,7 @@ def _stored_pixels(ds, path) -> tuple[np.ndarray, int, bool]:
     try:
         arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        name = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        ts_name = getattr(name, "name", str(name))
-        raise DicomError(
-            f"{path}: cannot decode {ts_name} pixel data - {PLUGIN_HINT}"
-        ) from exc
+        raise _decode_failure(ds, path, exc) from exc
     if frames > 1:
         arr = arr[0]
     return np.asarray(arr), bits, signed
@@ -190,10 +238,13 @@ def reduce_factor(shape: tuple[int, int], target: int | None) -> int:
     return max(1, max(shape) // (2 * target))
 
 
-def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tuple[np.ndarray, bool]:
+def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, bool]:
     """(uint8 image, was_monochrome1) for one DICOM file; see the module docstring.
 
     ``reduce_to``: box-average first so that the longer side stays >= 2 x this.
+    ``max_pixels``: refuse (:class:`ImageTooLarge`) a file declaring more pixels, before
+    decoding; None for no limit.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -216,6 +267,7 @@ def decode_dicom(path: str | os.PathLike, *, reduce_to: int | None = None) -> tu
     # inversion, not two); INVERSE on a MONOCHROME2 image inverts it too.
     shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
     invert = photometric == "MONOCHROME1" or shape == "INVERSE"
+    _check_declared_size(ds, path, max_pixels)
     try:
         arr, bits, signed = _stored_pixels(ds, path)
     except DicomError:
@@ -331,4 +383,4 @@ def write_dicom(
     return Path(path)
 
 
-__all__ = ["DicomError", "box_reduce", "decode_dicom", "is_dicom", "read_dicom", "reduce_factor", "write_dicom"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DicomError", "ImageTooLarge", "box_reduce", "decode_dicom", "is_dicom", "read_dicom", "reduce_factor", "write_dicom"]

@@ -1,10 +1,11 @@
 """Ingest: a download's records into the registry, then its pixels into the image cache.
 
 :func:`ingest_dataset` reads a download with its format's reader, registers the
-dataset, findings, images and labels in ONE transaction, then fills the image
-cache (:mod:`vitmed_cli.datasets.cache`) in resumable batches: an interrupted
-ingest resumes where it stopped when run again with the same arguments, and a
-re-ingest whose labels changed is refused.
+dataset and its findings, then its images and labels in batches (one transaction
+each, the dataset flagged ``registration: incomplete`` until the last one is in),
+then fills the image cache (:mod:`vitmed_cli.datasets.cache`) in resumable
+batches: an interrupted ingest resumes where it stopped when run again with the
+same arguments, and a re-ingest whose labels changed is refused.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, func, select
 
-from .._util import atomic_write
-from ..choices import DEFAULT_IMAGE_SIZE, Format, LabelPolicy
-from ..errors import AlreadyExists, ConfigError, InputError
+from .._util import atomic_write, file_token
+from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, Format, LabelPolicy
+from ..errors import AlreadyExists, ConfigError, InputError, VitmedError
 from ..events import Listener, progress
 from ..registry.db import Registry
 from ..registry.models import DERIVED_NATIVE, Dataset, Finding, Image, Label
 from ..registry.names import check_name
+from ..registry.queries import INGEST_ARGS, REGISTRATION
 from .cache import ensure_cache, fill_cache
 from .findings import harmonise
 from .formats import READERS, check_options
@@ -34,7 +36,7 @@ from .records import IMAGE_COLUMNS, RecordSet
 
 log = logging.getLogger("vitmed.ingest")
 
-INSERT_BATCH = 20_000
+INSERT_BATCH = 20_000  # images registered per transaction
 UPDATE_BATCH = 2_000
 SLUG_CHARS = 40
 
@@ -142,9 +144,11 @@ def _dataset_row(s, *, name: str, fmt: str, source: Path, image_size: int, recor
                      options=options, notes="; ".join(records.notes) or None)
         s.add(ds)
         s.flush()
-        cache = cache_dir / f"{_slug(name)}-{ds.id}-{image_size}px.npy"
-        if cache.exists():  # left by a deleted dataset that had the same id
-            cache.unlink()
+        # a token of the dataset's own: two registries sharing the workspace can both have a dataset
+        # 1 of that name, and a file left by a deleted dataset is never reused (nor deleted)
+        cache = cache_dir / f"{_slug(name)}-{ds.id}-{file_token()}-{image_size}px.npy"
+        while cache.exists():
+            cache = cache_dir / f"{_slug(name)}-{ds.id}-{file_token()}-{image_size}px.npy"
         ds.cache_path = str(cache)
         return ds
     if ds.format != fmt or ds.source_path != str(source):
@@ -188,27 +192,31 @@ def _add_findings(s, ds: Dataset, natives: list[str]) -> np.ndarray:
     return np.array([known[n].id for n in fmap.native], dtype=np.int64)
 
 
-def _insert_images(conn, dataset_id: int, frame: pd.DataFrame, new_idx: np.ndarray) -> np.ndarray:
-    """Insert the rows ``new_idx`` of ``frame`` as images; their new ids, in that order."""
+def _image_rows(dataset_id: int, sub: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows of ``sub`` as images table rows (built before the transaction: the write lock
+    is held only while they are written)."""
+    rows = [
+        {"dataset_id": dataset_id, **{c: _none(v) for c, v in zip(IMAGE_COLUMNS, rec)}}
+        for rec in sub.itertuples(index=False, name=None)
+    ]
+    for r in rows:
+        if r["age"] is not None:
+            r["age"] = float(r["age"])
+        r["key"] = str(r["key"])
+    return rows
+
+
+def _insert_images(conn, dataset_id: int, rows: list[dict[str, Any]]) -> np.ndarray:
+    """Insert image ``rows``; their new ids, in that order."""
     table = Image.__table__
-    for start in range(0, len(new_idx), INSERT_BATCH):
-        sub = frame.iloc[new_idx[start : start + INSERT_BATCH]]
-        rows = [
-            {"dataset_id": dataset_id, **{c: _none(v) for c, v in zip(IMAGE_COLUMNS, rec)}}
-            for rec in sub.itertuples(index=False, name=None)
-        ]
-        for r in rows:
-            if r["age"] is not None:
-                r["age"] = float(r["age"])
-            r["key"] = str(r["key"])
-        conn.execute(table.insert(), rows)
-    new_keys = set(frame["key"].iloc[new_idx].astype(str))
-    id_of = {
-        k: i
-        for k, i in conn.execute(select(table.c.key, table.c.id).where(table.c.dataset_id == dataset_id))
-        if k in new_keys
-    }
-    return np.array([id_of[str(k)] for k in frame["key"].iloc[new_idx]], dtype=np.int64)
+    before = conn.scalar(select(func.max(table.c.id))) or 0
+    conn.execute(table.insert(), rows)
+    # ids only grow, and this transaction is the only one adding images to the dataset (its
+    # (dataset, key) pairs are unique): its new rows are the dataset's rows above the old largest
+    # id - read by primary key, not by scanning the dataset's rows once per batch
+    id_of = {key: i for key, i, ds_id in conn.execute(
+        select(table.c.key, table.c.id, table.c.dataset_id).where(table.c.id > before)) if ds_id == dataset_id}
+    return np.array([id_of[r["key"]] for r in rows], dtype=np.int64)
 
 
 def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids: np.ndarray) -> None:
@@ -220,15 +228,31 @@ def _insert_labels(conn, labels: np.ndarray, image_ids: np.ndarray, finding_ids:
         r, c = np.nonzero(~np.isnan(block))
         if not len(r):
             continue
-        vals = block[r, c].astype(np.int64)
+        vals = block[r, c].astype(np.int64).tolist()
         conn.execute(ltable.insert(), [
-            {"image_id": int(i), "finding_id": int(f), "value": int(v)}
-            for i, f, v in zip(image_ids[start + r], finding_ids[c], vals)
+            {"image_id": i, "finding_id": f, "value": v}
+            for i, f, v in zip(image_ids[start + r].tolist(), finding_ids[c].tolist(), vals)
         ])
 
 
-def _register(registry: Registry, *, records: RecordSet, source: Path, **dataset: Any) -> tuple[int, str, int]:
-    """Dataset, findings, new images and their labels in ONE transaction: (id, cache path, n new)."""
+def _finish_registration(registry: Registry, dataset_id: int) -> None:
+    """The last batch is in: the dataset no longer says its registration is incomplete."""
+    with registry.session() as s:
+        ds = s.get(Dataset, dataset_id)
+        ds.options = {k: v for k, v in (ds.options or {}).items() if k != REGISTRATION}
+
+
+def _register(registry: Registry, *, records: RecordSet, source: Path, on_event: Listener | None = None,
+              **dataset: Any) -> tuple[int, str, int]:
+    """Dataset, findings, new images and their labels: (id, cache path, n new).
+
+    The images go in batches of ``INSERT_BATCH``, one transaction each (an image and its
+    labels always together), so the write lock is never held for the whole registration.
+    Until the last batch is in, the dataset's options say ``registration: incomplete``
+    (``datasets show`` shows it, split and finetune refuse it); a run stopped half-way
+    resumes where it stopped when run again.  A dataset this call created that fails with an
+    error is removed again; a kill leaves it flagged incomplete.
+    """
     dup = records.images["key"][records.images["key"].duplicated()]
     if len(dup):
         raise InputError(
@@ -236,16 +260,52 @@ def _register(registry: Registry, *, records: RecordSet, source: Path, **dataset
             "each image may appear once"
         )
     with registry.session() as s:
+        created = s.scalar(select(Dataset.id).where(Dataset.name == dataset["name"])) is None
         ds = _dataset_row(s, records=records, source=source, **dataset)
         finding_ids = _add_findings(s, ds, records.natives)
         existing = set(s.scalars(select(Image.key).where(Image.dataset_id == ds.id)))
         frame = records.images
         new_idx = np.flatnonzero(~frame["key"].isin(existing).to_numpy()) if existing else np.arange(len(frame))
         if len(new_idx):
-            conn = s.connection()
-            image_ids = _insert_images(conn, ds.id, frame, new_idx)
-            _insert_labels(conn, records.labels[new_idx], image_ids, finding_ids)
-        return ds.id, ds.cache_path, len(new_idx)
+            ds.options = {**(ds.options or {}), REGISTRATION: "incomplete"}
+        elif REGISTRATION in (ds.options or {}):  # stopped after its last batch, before the flag was cleared
+            ds.options = {k: v for k, v in ds.options.items() if k != REGISTRATION}
+        dataset_id, cache_path = ds.id, ds.cache_path
+    if not len(new_idx):
+        return dataset_id, cache_path, 0
+    task = f"registering {dataset['name']}"
+    try:
+        progress(on_event, task, 0, len(new_idx))
+        for start in range(0, len(new_idx), INSERT_BATCH):
+            batch = new_idx[start : start + INSERT_BATCH]
+            rows = _image_rows(dataset_id, frame.iloc[batch])
+            with registry.session() as s:
+                conn = s.connection()
+                image_ids = _insert_images(conn, dataset_id, rows)
+                _insert_labels(conn, records.labels[batch], image_ids, finding_ids)
+            progress(on_event, task, start + len(batch), len(new_idx))
+    except Exception as exc:
+        if created:
+            _forget(registry, dataset_id)
+        elif isinstance(exc, VitmedError):
+            raise type(exc)(
+                f"{exc} (that batch only: dataset {dataset['name']!r} keeps the images registered before "
+                "it and is marked incomplete - run the same ingest again to finish it)") from exc
+        raise
+    _finish_registration(registry, dataset_id)
+    return dataset_id, cache_path, len(new_idx)
+
+
+def _forget(registry: Registry, dataset_id: int) -> None:
+    """Remove a dataset this ingest created and could not finish because of an error (a kill
+    leaves it flagged incomplete instead, for a resume)."""
+    try:
+        with registry.session() as s:
+            ds = s.get(Dataset, dataset_id)
+            if ds is not None:
+                s.delete(ds)
+    except VitmedError:
+        log.warning("could not remove the half-registered dataset %s; it stays flagged incomplete", dataset_id)
 
 
 def build_cache(
@@ -255,6 +315,7 @@ def build_cache(
     workers: int | None = None,
     invert_keys: set[str] | frozenset[str] = frozenset(),
     on_event: Listener | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """Decode every image not yet cached into the dataset's cache; resumable.
 
@@ -313,10 +374,21 @@ def build_cache(
     if tasks:
         progress(on_event, task, 0, len(tasks))
     try:
-        fill_cache(cache_path, tasks, size, workers=workers, on_results=on_results)
+        fill_cache(cache_path, tasks, size, workers=workers, on_results=on_results, max_pixels=max_pixels)
     finally:
         flush()
     return stats
+
+
+def _size_cache_path(ds: Dataset, size: int) -> Path:
+    """The file of the dataset's cache at ``size``: the one recorded, else the main cache's name
+    (with its token) at that size."""
+    recorded = ((ds.options or {}).get("caches") or {}).get(str(size))
+    if isinstance(recorded, dict) and recorded.get("path"):
+        return Path(recorded["path"])
+    main = Path(ds.cache_path)
+    name, n = re.subn(r"-\d+px\.npy$", f"-{size}px.npy", main.name)
+    return main.with_name(name if n else f"{main.stem}-{size}px.npy")
 
 
 def build_size_cache(
@@ -327,6 +399,7 @@ def build_size_cache(
     workers: int | None = None,
     invert_keys: set[str] | frozenset[str] = frozenset(),
     on_event: Listener | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> dict[str, Any]:
     """A second cache of the dataset at ``size`` px, row for row with its own; resumable.
 
@@ -338,7 +411,7 @@ def build_size_cache(
     with registry.session(readonly=True) as s:
         ds = s.get(Dataset, dataset_id)
         main = Path(ds.cache_path)
-        path = main.with_name(f"{_slug(ds.name)}-{ds.id}-{size}px.npy")
+        path = _size_cache_path(ds, size)
         rows = s.execute(
             select(table.c.id, table.c.cache_index, table.c.source_path, table.c.key)
             .where(table.c.dataset_id == dataset_id, table.c.cache_index.is_not(None))
@@ -368,7 +441,7 @@ def build_size_cache(
         progress(on_event, task, stats["n_done"], len(tasks))
 
     try:
-        fill_cache(path, tasks, size, workers=workers, on_results=on_results)
+        fill_cache(path, tasks, size, workers=workers, on_results=on_results, max_pixels=max_pixels)
     finally:
         save_mask()
     complete = bool(all(done[row] for _, row, _, _ in rows))
@@ -394,6 +467,7 @@ def _read(fmt: str, path: Path, format_options: dict[str, Any]) -> tuple[RecordS
     records = READERS[fmt].read(source, **given)
     options = {k: v for k, v in given.items() if k != "label_policy"}
     options.update(records.options)
+    options[INGEST_ARGS] = dict(given)  # for the command that resumes it (registry.queries.ingest_command)
     return records, source, label_policy, options
 
 
@@ -459,16 +533,19 @@ def ingest_dataset(
     image_size: int = DEFAULT_IMAGE_SIZE,
     workers: int | None = None,
     on_event: Listener | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     **format_options: Any,
 ) -> IngestSummary:
     """Register a dataset from its downloaded layout and fill its image cache.
 
-    The dataset, its findings, images and labels are written in one
-    transaction; the cache is then filled in batches, so an interrupted
-    ingest resumes where it stopped when run again with the same arguments.
+    The dataset and its findings are written first, then its images and labels in
+    batches (the dataset says its registration is incomplete until the last one is
+    in); the cache is then filled in batches, so an interrupted ingest resumes where
+    it stopped when run again with the same arguments.
     Ingesting a registered dataset again at another ``image_size`` builds a second
     cache at that size (same images, same rows; :func:`build_size_cache`), which
-    ``finetune --image-size`` and predict then read.
+    ``finetune --image-size`` and predict then read.  An image whose header declares more
+    than ``max_pixels`` pixels is registered as unreadable without being decoded.
     """
     started = time.perf_counter()
     fmt = Format.parse(fmt, "ingest format").value
@@ -477,19 +554,22 @@ def ingest_dataset(
         raise ConfigError(f"`image_size` must be between 16 and 2048 pixels (got {image_size})")
     if workers is not None and workers < 1:
         raise ConfigError(f"`workers` must be at least 1 (got {workers})")
+    if int(max_pixels) < 1:
+        raise ConfigError(f"`max_pixels` must be at least 1 (got {max_pixels})")
     records, source, label_policy, options = _read(fmt, path, format_options)
     dataset_id, cache_path, n_new = _register(
         registry, name=name, fmt=fmt, source=source, image_size=int(image_size),
         records=records, label_policy=label_policy, options=options,
-        cache_dir=registry.workspace.cache_dir,
+        cache_dir=registry.workspace.cache_dir, on_event=on_event,
     )
     stats = build_cache(registry, dataset_id, workers=workers, invert_keys=records.invert_keys,
-                        on_event=on_event)
+                        on_event=on_event, max_pixels=int(max_pixels))
     with registry.session(readonly=True) as s:
         own_size = s.get(Dataset, dataset_id).image_size
     if own_size != int(image_size):
         extra = build_size_cache(registry, dataset_id, int(image_size), workers=workers,
-                                 invert_keys=records.invert_keys, on_event=on_event)
+                                 invert_keys=records.invert_keys, on_event=on_event,
+                                 max_pixels=int(max_pixels))
         cache_path = extra["path"]
         stats = {**stats, "n_ingested": extra["n_ingested"],
                  "n_skipped_existing": extra["n_skipped_existing"]}

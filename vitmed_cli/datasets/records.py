@@ -6,6 +6,11 @@ columns, the native finding names, and a label matrix (1 / 0 / -1 uncertain /
 NaN not mentioned).  The helpers here read CSVs with errors that name the file,
 line and column, and map view codes to frontal / lateral / unknown.
 
+Paths read from a CSV (:func:`join_paths`) are normalised (``img/../img/a.png``,
+``./img/a.png`` and ``img/a.png`` are one file) and must stay inside the dataset
+folder; a NUL byte in any cell is an error naming its line (neither back end
+can store one in a text column, and no file name holds one).
+
 Views (:func:`view_of`): PA/AP and their variants (AP_horizontal, AP AXIAL,
 AP/PA LLD/RLD) are 'frontal'; L, LL, RL, LATERAL, XTABLE LATERAL 'lateral';
 oblique (LAO, RAO), SWIMMERS, PadChest's COSTAL/EXCLUDE/UNK and blank are
@@ -16,10 +21,13 @@ be blank: the first blank one is reported with its file, line and column.
 
 from __future__ import annotations
 
+import csv
+import gzip
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,16 +106,55 @@ def _find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+DELIMITERS = ",;\t|"
+SNIFF_BYTES = 64 * 1024
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The CSV's delimiter (comma, semicolon, tab or bar) from its first lines; comma when unsure."""
+    try:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            sample = fh.read(SNIFF_BYTES)
+    except (OSError, EOFError):
+        return ","  # pandas reports the file's problem
+    if "\n" in sample and len(sample) == SNIFF_BYTES:
+        sample = sample[: sample.rindex("\n")]  # whole lines only
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
+def _refuse_nul(df: pd.DataFrame, path: Path) -> None:
+    """A NUL byte in a cell: the first one, by line and column."""
+    for col in df.columns:
+        text = df[col]
+        if not (text.dtype == object or pd.api.types.is_string_dtype(text.dtype)):
+            continue
+        has = text.str.contains("\x00", regex=False).to_numpy(dtype=bool, na_value=False)
+        if has.any():
+            i = int(np.flatnonzero(has)[0])
+            raise InputError(
+                f"{path}: line {i + 2}, column {col!r} holds a NUL byte ({text.iloc[i]!r}) - no file name or "
+                "label contains one; correct the cell (the file may be damaged or not text)"
+            )
+
+
 def read_table(
-    path: Path, required: tuple[str, ...] | list[str] = (), *, what: str = "", hint: str = ""
+    path: Path, required: tuple[str, ...] | list[str] = (), *, what: str = "", hint: str = "",
+    sniff: bool = False,
 ) -> pd.DataFrame:
-    """A CSV (plain or .gz) with every column as text; fails at once on missing columns.
+    """A CSV (plain or .gz) with every column as text; fails at once on missing columns and on
+    a NUL byte in any cell (naming its line).
 
     The error lists the columns the file has; ``hint`` (e.g. which option
-    renames a column) is appended to it.
+    renames a column) is appended to it.  ``sniff``: the delimiter is detected
+    (a semicolon-separated export reads as one), else it is a comma.
     """
+    sep = sniff_delimiter(path) if sniff else ","
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=True, low_memory=False)
+        df = pd.read_csv(path, dtype=str, keep_default_na=True, low_memory=False, sep=sep)
     except FileNotFoundError as exc:
         raise InputError(f"{path} does not exist{' - ' + what if what else ''}") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as exc:
@@ -117,13 +164,42 @@ def read_table(
     if missing:
         has = [c for c in df.columns if not c.startswith("Unnamed")]
         shown = ", ".join(has[:20]) + (f", ... ({len(has)} in all)" if len(has) > 20 else "")
+        other = [d for d in ";\t|" if len(has) == 1 and d in has[0]]
         raise InputError(
             f"{path} is missing column(s) {', '.join(missing)} - expected {', '.join(required)}"
             + (f" ({what})" if what else "")
             + f"; the file has: {shown or 'no columns'}"
+            + (f" (one column: is the file separated by {other[0]!r}, not commas?)" if other else "")
             + (f" - {hint}" if hint else "")
         )
+    _refuse_nul(df, path)
     return df
+
+
+def join_paths(
+    root: Path, paths: Sequence[str], source: Path, column: str, *, allow_outside: bool = False,
+    lines: Sequence[int] | None = None, hint: str = "",
+) -> list[str]:
+    """``paths`` (relative to ``root``, or absolute) as normalised absolute paths.
+
+    ``.``, ``..`` and repeated slashes are folded, without following links, so the
+    spellings of one file are one path.  A path that leaves ``root`` is refused
+    (naming the file, line and column) unless ``allow_outside``; ``hint`` says how
+    to allow it.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    out: list[str] = []
+    for i, p in enumerate(paths):
+        p = str(p)
+        full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+        if not allow_outside and os.path.commonpath([base, full]) != base:
+            line = int(lines[i]) if lines is not None else i + 2
+            raise InputError(
+                f"{source}: line {line}, column {column!r}: {p!r} is outside the dataset folder {base} - "
+                "images must lie under it" + (f"; {hint}" if hint else "")
+            )
+        out.append(full)
+    return out
 
 
 def require_ids(df: pd.DataFrame, columns: tuple[str, ...] | list[str], source: Path, what: str = "") -> None:

@@ -7,10 +7,13 @@ naming what exists and how to make it.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, or_, select
+import shlex
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import aliased
 
-from ..errors import NotFound
+from ..errors import IncompleteDataset, NotFound
 from .models import Dataset, Evaluation, Image, Run, Split
 
 
@@ -89,3 +92,62 @@ def run_tune(run: Run | None) -> str | None:
     if not isinstance(train, dict):
         return "all"
     return str(train.get("tune") or "all")
+
+
+# --- is the dataset's ingest finished? -------------------------------------------------------
+
+INGEST_ARGS = "ingest_args"  # Dataset.options: the reader options ingest was given (for its resume command)
+REGISTRATION = "registration"  # Dataset.options: "incomplete" until the last batch of images is in
+# reader options datasets registered before INGEST_ARGS was recorded keep at the top of their options
+_OLDER_ARGS = ("path_col", "patient_col", "view_col", "findings", "n_images", "seed", "flavour")
+
+
+def image_states(session, dataset_id: int) -> dict[str, int]:
+    """Images of a dataset by cache state: ``n_cached``, ``n_unreadable`` (tried and failed: they
+    never cache) and ``n_not_cached`` (not tried yet: an ingest that stopped before the end)."""
+    rows = session.execute(
+        select(Image.readable, func.count()).where(Image.dataset_id == dataset_id).group_by(Image.readable)
+    ).all()
+    by = {readable: int(n) for readable, n in rows}
+    return {"n_images": sum(by.values()), "n_cached": by.get(True, 0), "n_unreadable": by.get(False, 0),
+            "n_not_cached": by.get(None, 0)}
+
+
+def registration_complete(dataset: Dataset) -> bool:
+    return (dataset.options or {}).get(REGISTRATION) != "incomplete"
+
+
+def ingest_command(dataset: Dataset) -> str:
+    """The ``vitmed ingest`` command that registered the dataset: run again, it resumes."""
+    options = dataset.options or {}
+    args: dict[str, Any] = options.get(INGEST_ARGS)
+    if not isinstance(args, dict):
+        args = {k: options[k] for k in _OLDER_ARGS if options.get(k) is not None}
+        if dataset.label_policy:
+            args["label_policy"] = dataset.label_policy
+    words = ["vitmed", "ingest", dataset.format, dataset.source_path, "--name", dataset.name,
+             "--image-size", str(dataset.image_size)]
+    for key, value in sorted(args.items()):
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value is not None and value is not False:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return shlex.join(words)
+
+
+def require_complete(session, dataset: Dataset, action: str) -> None:
+    """Refuse to ``action`` (e.g. "split it") a dataset whose ingest stopped before the end,
+    naming what is missing and the command that finishes it."""
+    if not registration_complete(dataset):
+        missing = "its registration stopped before the last images were registered"
+    else:
+        states = image_states(session, dataset.id)
+        if not states["n_not_cached"]:
+            return
+        missing = (f"{states['n_not_cached']} of its {states['n_images']} images are not cached yet "
+                   "(the ingest stopped before the end)")
+    raise IncompleteDataset(
+        f"dataset {dataset.name!r} is incomplete: {missing} - finish it before you {action} with: "
+        f"{ingest_command(dataset)}"
+    )

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from .. import __version__
 from .._util import finite_or_none
+from ..choices import DEFAULT_RESAMPLES
 from ..errors import ConfigError, NotFound
 from ..evaluations.store import load_evaluation_arrays
 from ..events import Listener, progress
@@ -316,7 +317,7 @@ def build_report(
     registry: Registry,
     *,
     datasets: Sequence[str] | None = None,
-    n_resamples: int = 1000,
+    n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     figures: bool = True,
     on_event: Listener | None = None,
@@ -326,7 +327,7 @@ def build_report(
     Raises NotFound for an unknown dataset and when there is nothing to report.
     """
     if n_resamples < 1:
-        raise ConfigError(f"`resamples` must be at least 1 (got {n_resamples}) - use e.g. 1000")
+        raise ConfigError(f"`resamples` must be at least 1 (got {n_resamples}) - use e.g. {DEFAULT_RESAMPLES}")
     arrays: dict[int, Any] = {}
     sections: list[DatasetSection] = []
     with registry.session(readonly=True) as s:

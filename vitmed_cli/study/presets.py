@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..choices import DEFAULT_RESAMPLES
 from ..errors import ConfigError
 
 PRESETS = ("tayebi2024", "demo")
@@ -171,7 +172,7 @@ class DemoSettings:
     # learn invariance to, and at 64 px a rotation costs the tiny ViT most of its signal.
     rotation: float = 0.0
     seed: int = 0
-    n_resamples: int = 1000
+    n_resamples: int = DEFAULT_RESAMPLES
     arch: str = "vit_tiny_patch16_224"
     model_kwargs: dict[str, Any] = field(
         default_factory=lambda: {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}

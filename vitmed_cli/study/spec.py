@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..choices import Format
+from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES, Format
 from ..errors import ConfigError
 from ..training.config import TrainConfig
 
@@ -106,8 +106,8 @@ class ComparisonSpec:
 
 @dataclass(frozen=True)
 class StatisticsSpec:
-    resamples: int = 1000
-    alpha: float = 0.05
+    resamples: int = DEFAULT_RESAMPLES
+    alpha: float = DEFAULT_ALPHA
     fdr_family: str = "study"
     seed: int = 0
 
@@ -404,8 +404,8 @@ def parse_study(text: str, *, file: str | Path = "study.toml", check_paths: bool
     stt = _table(raw.get("statistics", {}), "statistics")
     _known(stt, "statistics", ("resamples", "alpha", "fdr_family", "seed"))
     statistics = StatisticsSpec(
-        resamples=_typed(stt.get("resamples", 1000), int, "statistics.resamples"),
-        alpha=_typed(stt.get("alpha", 0.05), float, "statistics.alpha"),
+        resamples=_typed(stt.get("resamples", DEFAULT_RESAMPLES), int, "statistics.resamples"),
+        alpha=_typed(stt.get("alpha", DEFAULT_ALPHA), float, "statistics.alpha"),
         fdr_family=_typed(stt.get("fdr_family", "study"), str, "statistics.fdr_family"),
         seed=_typed(stt.get("seed", 0), int, "statistics.seed"))
     if statistics.fdr_family not in FDR_FAMILIES:

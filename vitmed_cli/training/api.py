@@ -87,7 +87,7 @@ def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo, on_event: L
     cfg = TrainConfig(**{**asdict(cfg), "arch": arch, "image_size": image_size,
                          "split": prep.split, "model_kwargs": kwargs})
     with registry.session() as s:
-        run_id = records.new_run(s, cfg, prep, spec, info, config_hash=config_hash)
+        run_id = records.new_run(s, cfg, prep, spec, info, registry.workspace, config_hash=config_hash)
     return _Start(run_id, cfg, prep, spec), init_state
 
 
@@ -236,6 +236,7 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
             stored["findings"] = list(run.findings)
         status, done, planned, resume_path = run.status, run.epochs_done, run.epochs_planned, run.resume_path
         resume_removed = bool((run.config or {}).get("resume_removed"))
+        folder = records.run_folder(run, registry.workspace)
         _refuse_live_owner(run)
     if not stored:
         raise TrainingError(f"run {run_id} was not made by vitmed finetune - it cannot be resumed")
@@ -254,7 +255,7 @@ def _resume_plan(registry: Registry, run_id: int, epochs: int | None, device: st
     if target <= done and status != "completed":
         raise TrainingError(f"run {run_id} has already trained {done} epochs - pass `epochs` above {done}")
     if not resume_path:  # killed between the first resume.pt and its registry write
-        guess = registry.workspace.checkpoint_dir / f"run-{run_id}" / RESUME_FILE
+        guess = folder / RESUME_FILE
         resume_path = str(guess) if guess.is_file() else None
     if not resume_path:
         raise TrainingError(

@@ -23,6 +23,8 @@ from ..choices import (
     parse_tune,
 )
 from ..errors import TrainingError
+from ..registry.models import EvaluationMetric, Finding
+from ..registry.names import check_name
 
 RESUME_FILE = "resume.pt"
 
@@ -119,6 +121,7 @@ def check_derived(merge: dict[str, list[str]], no_finding: str | None) -> None:
             raise TrainingError("`merge` needs a NAME for the merged finding, e.g. `merge` nodule_mass=Nodule,Mass")
         if not isinstance(sources, (list, tuple)) or not sources or not all(str(x).strip() for x in sources):
             raise TrainingError(f"`merge` {name} needs the findings it merges, e.g. `merge` {name}=Nodule,Mass")
+        check_name(name, Finding.canonical, EvaluationMetric.finding, param="merge", what="merged finding")
         if name in sources:
             raise TrainingError(f"`merge` {name} merges itself - give the merged finding a new NAME")
         derived = [n for n in merge if n in sources]
@@ -128,6 +131,8 @@ def check_derived(merge: dict[str, list[str]], no_finding: str | None) -> None:
     if no_finding is not None:
         if not str(no_finding).strip():
             raise TrainingError("`no_finding` needs a NAME, e.g. `no_finding` 'No Finding'")
+        check_name(no_finding, Finding.canonical, EvaluationMetric.finding, param="no_finding",
+                   what="no-finding")
         if no_finding in merge:
             raise TrainingError(f"`no_finding` {no_finding} is also a `merge` NAME - give them two names")
 

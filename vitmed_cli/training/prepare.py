@@ -11,7 +11,7 @@ import numpy as np
 from ..datasets.derived import add_derived, resolve_findings
 from ..datasets.parts import PartData, apply_uncertain, cache_for, check_cache, load_part
 from ..errors import TrainingError
-from ..registry.queries import get_dataset, get_split
+from ..registry.queries import get_dataset, get_split, require_complete
 from .config import TrainConfig
 
 
@@ -109,6 +109,7 @@ def left_out_message(left_out: dict[str, Any]) -> str | None:
 def prepare(session, cfg: TrainConfig) -> Prepared:
     """Load and check the data; every problem is a one-line TrainingError before training."""
     ds = get_dataset(session, cfg.dataset)
+    require_complete(session, ds, "train on it")
     sp = get_split(session, ds, cfg.split)
     check_cache(ds)
     cache = cache_for(ds, cfg.image_size)[0]  # a cache built at the training size, when there is one

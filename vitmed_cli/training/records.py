@@ -16,6 +16,7 @@ import torch
 from sqlalchemy import select
 
 from .. import __version__
+from .._util import file_token
 from ..registry.db import Registry
 from ..registry.models import Checkpoint, EpochMetric, Run
 from ..registry.owner import HEARTBEAT_SECONDS, current_owner
@@ -61,16 +62,28 @@ def code_version() -> str:
     return __version__
 
 
+RUN_DIR_KEY = "run_dir"  # Run.config: the run's folder, named with a token of its own
+
+
+def run_folder(run: Run, workspace) -> Path:
+    """The folder of a run's files (checkpoints, resume.pt) as its row records it; runs made
+    before it was recorded use ``run-ID`` in the workspace's checkpoint folder."""
+    recorded = (run.config or {}).get(RUN_DIR_KEY)
+    return Path(recorded) if recorded else workspace.checkpoint_dir / f"run-{run.id}"
+
+
 def run_dir(registry: Registry, run_id: int) -> Path:
-    """The workspace folder of a run's files (checkpoints, resume.pt)."""
-    path = registry.workspace.checkpoint_dir / f"run-{run_id}"
+    """The run's folder (:func:`run_folder`), created."""
+    with registry.session(readonly=True) as s:
+        path = run_folder(s.get(Run, run_id), registry.workspace)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo,
+def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo, workspace,
             config_hash: str | None = None) -> int:
-    """The run's row, written before training starts (status running)."""
+    """The run's row, written before training starts (status running), with its own folder:
+    ``run-ID-TOKEN``, unique even when two registries share the workspace and both have a run ID."""
     run = Run(
         dataset_id=prep.dataset_id,
         split_id=prep.split_id,
@@ -102,6 +115,8 @@ def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo,
         code_version=code_version(),
     )
     session.add(run)
+    session.flush()
+    run.config = {**run.config, RUN_DIR_KEY: str(workspace.checkpoint_dir / f"run-{run.id}-{file_token()}")}
     session.flush()
     return run.id
 

@@ -37,7 +37,8 @@ READERS: dict[str, Reader] = {
     Format.mimic.value: Reader(read_mimic),
     Format.cxr14.value: Reader(read_cxr14),
     Format.padchest.value: Reader(read_padchest),
-    Format.csv.value: Reader(read_generic_csv, frozenset({"path_col", "patient_col", "view_col", "findings"})),
+    Format.csv.value: Reader(read_generic_csv, frozenset({"path_col", "patient_col", "view_col", "findings",
+                                                                 "allow_outside"})),
     Format.synthetic.value: Reader(read_synthetic, frozenset({"n_images", "seed", "flavour"}),
                                    required=frozenset({"n_images"})),
 }

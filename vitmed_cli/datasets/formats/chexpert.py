@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import InputError
-from ..records import RecordSet, _age, _clean_str, label_matrix, read_table, require_ids, view_of
+from ..records import RecordSet, _age, _clean_str, join_paths, label_matrix, read_table, require_ids, view_of
 
 
 CHEXPERT_FINDINGS = (
@@ -62,7 +62,7 @@ def read_chexpert(root: Path) -> RecordSet:
             pd.DataFrame(
                 {
                     "key": key,
-                    "source_path": [str(folder / k) for k in key],
+                    "source_path": join_paths(folder, key, path, "Path"),
                     "patient_id": patient.astype(object).where(patient.notna(), None),
                     "study_id": study.astype(object).where(study.notna(), None),
                     "view": [view_of(v) for v in fl.fillna("")],

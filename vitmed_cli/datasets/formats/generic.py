@@ -2,19 +2,24 @@
 
 Finding columns hold 1 / 0 / -1 (uncertain) / blank; columns that mostly do are
 read as findings unless ``findings`` names them.  Relative paths are relative
-to the CSV's folder.
+to the CSV's folder, and normalised: ``img/../img/a.png``, ``./img/a.png`` and
+``img/a.png`` are one image (the key is the normalised path), listed once.  A
+path outside the CSV's folder (``../../x.png``, an absolute path elsewhere) is
+refused unless ``allow_outside``.  The delimiter is detected (``csv.Sniffer``):
+a semicolon-separated export reads as it is.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ...errors import InputError
-from ..records import RecordSet, _clean_str, _invalid_labels, label_matrix, read_table, view_of
+from ..records import RecordSet, _clean_str, _invalid_labels, join_paths, label_matrix, read_table, view_of
 
 
 FINDING_COLUMN_VALID_SHARE = 0.9  # csv: share of non-blank cells that must be 1/0/-1 to call it a finding
@@ -29,6 +34,7 @@ def read_generic_csv(
     patient_col: str | None = None,
     view_col: str | None = None,
     findings: list[str] | str | None = None,
+    allow_outside: bool = False,
 ) -> RecordSet:
     """Any dataset as one CSV: a path column, optional patient/study/view/sex/age/part, findings."""
     if csv_path.is_dir():
@@ -52,6 +58,7 @@ def read_generic_csv(
         csv_path, required,
         hint=f"name the image path column with `path_col` COLUMN (now {path_col!r}) and the patient column "
         f"with `patient_col` COLUMN (default patient_id)",
+        sniff=True,
     )
     notes: list[str] = []
     meta = {path_col, patient_col, view_col, *CSV_META}
@@ -87,6 +94,10 @@ def read_generic_csv(
         row = int(np.flatnonzero(paths.isna().to_numpy())[0]) + 2
         raise InputError(f"{csv_path}: line {row} has an empty {path_col!r} - every row needs an image path")
     base = csv_path.parent
+    sources = join_paths(base, paths, csv_path, path_col, allow_outside=bool(allow_outside),
+                         hint="pass `allow_outside` if they really live elsewhere")
+    _refuse_same_file(sources, paths, csv_path)
+    keys = [os.path.normpath(p) if os.path.isabs(p) else posixpath.normpath(p) for p in paths]
     has_patients = patient_col in df.columns
     if not has_patients:
         notes.append(f"no {patient_col!r} column: images are split individually (use `patient_col`)")
@@ -100,8 +111,8 @@ def read_generic_csv(
     view = _clean_str(df[view_col]) if view_col in df.columns else pd.Series([None] * len(df), dtype=object)
     images = pd.DataFrame(
         {
-            "key": paths,
-            "source_path": [p if os.path.isabs(p) else str(base / p) for p in paths],
+            "key": keys,
+            "source_path": sources,
             "patient_id": _clean_str(df[patient_col]) if has_patients else None,
             "study_id": _clean_str(df["study_id"]) if "study_id" in df.columns else None,
             "view": [view_of(v) for v in view],
@@ -112,3 +123,15 @@ def read_generic_csv(
         }
     )
     return RecordSet(images, natives, mat, has_patient_ids=has_patients, notes=notes)
+
+
+def _refuse_same_file(sources: list[str], paths, csv_path: Path) -> None:
+    """Two lines naming one file (however spelt) would register it twice."""
+    first: dict[str, int] = {}
+    for i, src in enumerate(sources):
+        j = first.setdefault(src, i)
+        if j != i:
+            raise InputError(
+                f"{csv_path}: line {j + 2} ({paths.iloc[j]!r}) and line {i + 2} ({paths.iloc[i]!r}) name the "
+                "same image - each image may be listed once; delete one of the lines"
+            )

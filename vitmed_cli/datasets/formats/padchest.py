@@ -24,7 +24,7 @@ import pandas as pd
 
 from ...errors import InputError
 from ..findings import harmonise, normalise
-from ..records import RecordSet, _blank, _clean_str, read_table, require_ids, view_of
+from ..records import RecordSet, _blank, _clean_str, join_paths, read_table, require_ids, view_of
 
 
 def parse_padchest_labels(value: Any) -> list[str] | None:
@@ -98,7 +98,8 @@ def read_padchest(root: Path) -> RecordSet:
     images = pd.DataFrame(
         {
             "key": ids,
-            "source_path": [str(root / str(d) / i) for d, i in zip(image_dir.fillna(""), ids)],
+            "source_path": join_paths(
+                root, [f"{d}/{i}" if d else i for d, i in zip(image_dir.fillna(""), ids)], csv_path, "ImageID"),
             "patient_id": _clean_str(df["PatientID"]),
             "study_id": _clean_str(df["StudyID"]) if "StudyID" in df.columns else None,
             "view": [view_of(p) for p in projection],
