@@ -177,13 +177,11 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
         forest: list[ForestRow] = []
         modes = set()
         for c, rows in compares:
-            ref = None
             for i, (cmp, results) in enumerate(rows):
                 macro = results.get(MACRO)
-                ref = cmp.label_b
                 mode = (cmp.options or {}).get("mode", "per-seed" if len(rows) > 1 else "pair")
                 modes.add(mode)
-                label = f"{c.init} vs {(c.detail or {}).get('reference') or _ref_of(c.key)}"
+                label = f"{c.init} vs {_ref_of(c.key)}"
                 if len(rows) > 1:
                     label += f" (seed {seeds[i] if i < len(seeds) else i})"
                 if macro is not None:
@@ -199,7 +197,7 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
                         if cell is not None and (v or {}).get("bootstrap_sd") is not None:
                             cell.bootstrap_sd = v["bootstrap_sd"]
             if rows:
-                cmp0, res0 = rows[0]
+                res0 = rows[0][1]
                 macro = res0.get(MACRO)
                 target = table.get(c.dataset, {}).get(c.init)
                 if target is not None and macro is not None:
@@ -217,7 +215,6 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
                         cell.p = _largest([r.p_value for r in same])
                         cell.p_adjusted = _largest([r.p_adjusted for r in same])
                         cell.vs = _ref_of(c.key)
-            del ref
     if "seeds" in modes:
         p_note = ("p: paired bootstrap over the test images, each resample averaging an init's AUC over its "
                   "seeds (two-sided); FDR-adjusted p where shown")
