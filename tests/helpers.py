@@ -411,3 +411,60 @@ def write_hub_entry(hub: Path, name: str, *, seed: int = 0) -> tuple[Path, dict]
     (repo / "refs" / "main").write_text(commit)
     save_file(sd, str(snap / "model.safetensors"))
     return snap / "model.safetensors", sd
+
+
+def write_study_layouts(root: Path) -> dict[str, Path]:
+    """The six datasets of the tayebi2024 preset in their download layouts, one or two images each
+    (labels files with their real names and columns, image files where the readers look)."""
+    import gzip
+
+    from PIL import Image as PILImage
+
+    root = Path(root)
+
+    def img(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        PILImage.fromarray(np.full((40, 40), 90, dtype=np.uint8)).save(path)
+
+    def gz(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt") as fh:
+            fh.write(text)
+
+    out = {}
+    vindr = root / "data" / "vindr-cxr" / "1.0.0"
+    (vindr / "annotations").mkdir(parents=True)
+    (vindr / "annotations" / "image_labels_train.csv").write_text("image_id,rad_id,Cardiomegaly,No finding\na1,R8,1,0\n")
+    (vindr / "annotations" / "image_labels_test.csv").write_text("image_id,Cardiomegaly,No finding\nb1,0,1\n")
+    for part, name in (("train", "a1"), ("test", "b1")):
+        (vindr / part).mkdir()
+        (vindr / part / f"{name}.dicom").write_bytes(b"")
+    out["vindr"] = vindr
+    chex = root / "data" / "CheXpert-v1.0"
+    img(chex / "train" / "patient00001" / "study1" / "view1_frontal.jpg")
+    (chex / "train.csv").write_text("Path,Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly\n"
+                                    "CheXpert-v1.0/train/patient00001/study1/view1_frontal.jpg,Female,60,Frontal,AP,1.0\n")
+    out["chexpert"] = chex
+    mimic = root / "data" / "mimic-cxr-jpg" / "2.0.0"
+    gz(mimic / "mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id,subject_id,study_id,ViewPosition\nd1,10000032,50414267,PA\n")
+    gz(mimic / "mimic-cxr-2.0.0-chexpert.csv.gz", "subject_id,study_id,Cardiomegaly\n10000032,50414267,1.0\n")
+    gz(mimic / "mimic-cxr-2.0.0-split.csv.gz", "dicom_id,study_id,subject_id,split\nd1,50414267,10000032,train\n")
+    img(mimic / "files" / "p10" / "p10000032" / "s50414267" / "d1.jpg")
+    out["mimic"] = mimic
+    nih = root / "data" / "chestxray14"
+    img(nih / "images_001" / "images" / "00000001_000.png")
+    nih.joinpath("Data_Entry_2017_v2020.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+        "00000001_000.png,Cardiomegaly|Effusion,0,1,58,M,PA\n")
+    (nih / "test_list.txt").write_text("00000001_000.png\n")
+    out["cxr14"] = nih
+    pad = root / "data" / "padchest"
+    img(pad / "0" / "i1.png")
+    gz(pad / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",
+       "ImageID,ImageDir,StudyID,PatientID,Projection,Labels\ni1.png,0,s1,p1,PA,\"['cardiomegaly', 'nodule']\"\n")
+    out["padchest"] = pad
+    uka = root / "data" / "uka-cxr"
+    img(uka / "images" / "u1.png")
+    (uka / "labels.csv").write_text("path,patient_id,part,cardiomegaly\nimages/u1.png,q1,train,1\n")
+    out["uka"] = uka / "labels.csv"
+    return out

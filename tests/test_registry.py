@@ -204,7 +204,7 @@ def test_value_too_long_is_refused_cleanly_on_postgres(pg_registry_url, make_reg
     assert _count(reg, Dataset) == 0
 
 
-@pytest.mark.parametrize("revision", ["0001"])
+@pytest.mark.parametrize("revision", ["0001", "0002"])
 def test_registry_from_a_released_schema_upgrades_and_reads(tmp_path, revision):
     """A registry kept from each released schema opens at head with its rows intact."""
     import sqlite3

@@ -1,7 +1,8 @@
-"""The whole study in miniature, on synthetic data, on a laptop CPU.
+"""The whole study in miniature, on synthetic data, on a laptop CPU: the ``demo`` study preset.
 
-:func:`run_demo` does what a user does on real data, through the same library
-functions the commands call:
+:func:`run_demo` writes the demo's study file (:func:`vitmed_cli.study.demo_study_text`,
+one seed) into a fresh folder and runs it in this process, through the same cells as
+``vitmed study run``:
 
 1. ingest a synthetic *source* dataset (standing in for MIMIC-CXR) and a
    smaller *target* dataset (standing in for VinDr-CXR), split both by patient;
@@ -9,9 +10,9 @@ functions the commands call:
    initialisation (the study's in-domain supervised init);
 3. fine-tune on the target from ``random``, from that source init, and from a
    DINOv2-format file when one is given;
-4. predict the target test part with each run and compare the
-   initialisations (paired bootstrap + DeLong, Benjamini-Hochberg adjusted);
-5. write the HTML report.
+4. predict the target test part with each run and compare each init with ``random``
+   (paired bootstrap + DeLong, Benjamini-Hochberg adjusted);
+5. write the study's HTML report.
 
 The registry and workspace live under one folder, so the result can be
 explored with ``vitmed --db DIR/registry.db runs list`` and friends.
@@ -20,62 +21,20 @@ explored with ``vitmed --db DIR/registry.db runs list`` and friends.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .choices import DEFAULT_RESAMPLES
-from .compare import compare
-from .datasets.ingest import ingest_dataset
+from sqlalchemy import select
+
 from .errors import ConfigError
-from .evaluations import predict
-from .events import Listener, notice
+from .events import Listener
 from .registry.db import Registry, open_registry
-from .report import create_report
-from .splits import make_split
-from .training import finetune
-from .weights import pretrain_load
+from .registry.models import MACRO, Comparison
+from .study import cell_states, load_study, run_study
+from .study.presets import SOURCE, SOURCE_INIT, TARGET, DemoSettings, demo_study_text
 
-SOURCE, TARGET = "demo-source", "demo-target"
-SOURCE_INIT = "demo-source-supervised"
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Sizes of the demo; the defaults finish in about three minutes on 2 CPU cores."""
-
-    n_source: int = 800
-    n_target: int = 640
-    image_size: int = 64
-    source_epochs: int = 30
-    target_epochs: int = 30
-    # The target training part is kept small on purpose: with few labelled images
-    # a good initialisation matters most, as in the study's smaller datasets.
-    target_val: float = 0.15
-    target_test: float = 0.55
-    batch_size: int = 32
-    source_lr: float = 1e-3
-    # Fine-tuning keeps a lower rate, the same for every initialisation (as in the study),
-    # so that pretrained features are adapted rather than overwritten.
-    lr: float = 3e-4
-    # A ViT trained from scratch needs warm-up; the study's constant rate assumed pretrained weights.
-    scheduler: str = "cosine"
-    # Flips as in the study, but no rotation: the synthetic images have no pose variation to
-    # learn invariance to, and at 64 px a rotation costs the tiny ViT most of its signal.
-    rotation: float = 0.0
-    seed: int = 0
-    n_resamples: int = DEFAULT_RESAMPLES
-    arch: str = "vit_tiny_patch16_224"
-    model_kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}
-    )
-
-    @classmethod
-    def smallest(cls) -> "DemoSettings":
-        """Seconds, not minutes: for tests; too small for the p-value to mean much."""
-        return cls(n_source=160, n_target=160, image_size=32, source_epochs=2, target_epochs=2,
-                   n_resamples=200, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1,
-                                                  "num_heads": 2})
+STUDY_FILE = "demo-study.toml"
 
 
 @dataclass
@@ -83,6 +42,7 @@ class DemoResult:
     out_dir: str
     registry_url: str
     report_path: str
+    study_file: str
     source_run_id: int
     target_run_ids: dict[str, int]
     evaluation_ids: dict[str, int]
@@ -113,69 +73,62 @@ def run_demo(
             "choose another `out` folder or delete that one"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    study_file = out_dir / STUDY_FILE
+    study_file.write_text(demo_study_text(s, seeds=[s.seed], dinov2_file=dinov2_file, report_out="report.html"),
+                          encoding="utf-8")
+    spec = load_study(study_file)
     # Checkpoints, cache and report go under the demo folder, next to its registry.
     url = f"sqlite:///{db_file}"
     registry: Registry = open_registry(url, home=out_dir)
     started = time.perf_counter()
-    common = dict(arch=s.arch, image_size=s.image_size, batch_size=s.batch_size, lr=s.lr,
-                  scheduler=s.scheduler, rotation=s.rotation,
-                  seed=s.seed, device="auto", model_kwargs=dict(s.model_kwargs), on_event=on_event)
     try:
-        notice(on_event, "1/5 ingest two synthetic datasets and split them by patient")
-        for name, flavour, n, seed in ((SOURCE, "source", s.n_source, s.seed),
-                                       (TARGET, "target", s.n_target, s.seed + 1)):
-            ingest_dataset(registry, "synthetic", out_dir / "data" / name, name=name,
-                           image_size=s.image_size, n_images=n, seed=seed, flavour=flavour,
-                           on_event=on_event)
-        make_split(registry, SOURCE, val=0.15, test=0.15, seed=s.seed, name="demo")
-        make_split(registry, TARGET, val=s.target_val, test=s.target_test, seed=s.seed, name="demo")
-
-        notice(on_event, "2/5 fine-tune on the source and register it as an initialisation")
-        src = finetune(registry, dataset=SOURCE, init="random", split="demo",
-                       epochs=s.source_epochs, **{**common, "lr": s.source_lr})
-        _require_completed(src)
-        pretrain_load(registry, f"run:{src.run_id}", name=SOURCE_INIT)
-
-        notice(on_event, "3/5 fine-tune on the target from each initialisation")
-        inits = ["random", SOURCE_INIT]
-        if dinov2_file is not None:
-            pretrain_load(registry, "dinov2", file=dinov2_file)
-            inits.append("dinov2")
-        runs: dict[str, int] = {}
-        for init in inits:
-            kwargs = dict(common)
-            if init == "dinov2":
-                # A real DINOv2 file brings its own architecture (ViT-B/14: slow on a CPU).
-                kwargs.update(arch=None, model_kwargs=None)
-            res = finetune(registry, dataset=TARGET, init=init, split="demo",
-                           epochs=s.target_epochs, **kwargs)
-            _require_completed(res)
-            runs[init] = res.run_id
-
-        notice(on_event, "4/5 predict the target test part and compare the initialisations")
-        evals = {init: predict(registry, run_id=rid, part="test").evaluation_id
-                 for init, rid in runs.items()}
-        result = compare(registry, dataset=TARGET, inits=inits,
-                         n_resamples=s.n_resamples, seed=s.seed, on_event=on_event)
-
-        notice(on_event, "5/5 write the report")
-        written = create_report(registry, out_dir / "report.html", fmt="html",
-                                n_resamples=s.n_resamples, seed=s.seed, on_event=on_event)
+        result = run_study(registry, spec, executor=None, on_event=on_event)
+        states = {st.key: st for st in cell_states(registry, spec)}
+        if result.failed:
+            key, error = next(iter(result.failed.items()))
+            raise ConfigError(f"demo cell {key} failed: {error.splitlines()[0]} - see vitmed --db {url} "
+                              f"study status {study_file}")
+        inits = [i for i in spec.inits]
+        runs = {i: states[f"finetune/{TARGET}/{i}/{s.seed}"].run_id for i in inits}
+        evals = {i: states[f"predict/{TARGET}/{i}/{s.seed}"].evaluation_id for i in inits}
+        compare_ids = [st.comparison_id for st in states.values() if st.stage == "compare"]
         return DemoResult(
-            out_dir=str(out_dir), registry_url=url, report_path=str(written.path),
-            source_run_id=src.run_id, target_run_ids=runs, evaluation_ids=evals,
-            comparison=result, seconds=round(time.perf_counter() - started, 1),
+            out_dir=str(out_dir), registry_url=url, report_path=str(Path(spec.report.out)),
+            study_file=str(study_file), source_run_id=states[f"finetune/{SOURCE_INIT}"].run_id,
+            target_run_ids=runs, evaluation_ids=evals,
+            comparison=stored_comparisons(registry, compare_ids, alpha=spec.statistics.alpha),
+            seconds=round(time.perf_counter() - started, 1),
         )
     finally:
         registry.dispose()
 
 
-def _require_completed(result) -> None:
-    if result.status != "completed":
-        raise ConfigError(
-            f"demo run {result.run_id} ended {result.status}: {result.message or ''} - "
-            f"see vitmed runs show {result.run_id}"
-        )
+def stored_comparisons(registry: Registry, comparison_ids: list[int], *, alpha: float) -> dict[str, Any]:
+    """Stored comparisons in the shape :func:`vitmed_cli.compare.compare` returns them."""
+    pairs = []
+    n_resamples = seed = None
+    with registry.session(readonly=True) as s:
+        for cmp in s.scalars(select(Comparison).where(Comparison.id.in_(comparison_ids)).order_by(Comparison.id)):
+            n_resamples, seed = cmp.n_resamples, cmp.seed
+            rows = []
+            for r in cmp.results:
+                row = {k: getattr(r, k) for k in ("finding", "auc_a", "auc_b", "diff", "ci_low", "ci_high",
+                                                  "p_value", "p_delong", "p_adjusted", "n_positive",
+                                                  "n_negative", "n_degenerate")}
+                sig = row["p_adjusted"] is not None and row["p_adjusted"] < alpha and row["diff"]
+                row["better"] = (cmp.label_a if row["diff"] > 0 else cmp.label_b) if sig else None
+                rows.append(row)
+            opts = cmp.options or {}
+            pairs.append({
+                "comparison_id": cmp.id, "a": cmp.label_a, "b": cmp.label_b, "evaluation_a": cmp.evaluation_a_id,
+                "evaluation_b": cmp.evaluation_b_id, "tune_a": opts.get("tune_a"), "tune_b": opts.get("tune_b"),
+                "n_images": cmp.n_images, "findings": [r for r in rows if r["finding"] != MACRO],
+                "macro": next(r for r in rows if r["finding"] == MACRO),
+                "skipped_findings": opts.get("skipped_findings") or [],
+                "n_dropped_images": opts.get("n_dropped_images", 0),
+                "n_label_conflicts": opts.get("n_label_conflicts", 0), "warnings": opts.get("warnings") or [],
+            })
+    return {"alpha": alpha, "n_resamples": n_resamples, "seed": seed, "pairs": pairs}
 
 
-__all__ = ["DemoResult", "DemoSettings", "run_demo"]
+__all__ = ["DemoResult", "DemoSettings", "SOURCE", "SOURCE_INIT", "TARGET", "run_demo", "stored_comparisons"]

@@ -135,10 +135,12 @@ def _attach() -> None:
         report,
         runs,
         split,
+        study,
     )
 
     data, training, analysis, admin = "Data", "Training", "Analysis", "Registry"
     app.command("demo", rich_help_panel="Start here")(demo.demo)
+    app.add_typer(study.app, name="study", rich_help_panel="Start here")
     app.command("ingest", rich_help_panel=data)(ingest.ingest)
     app.command("split", rich_help_panel=data)(split.split)
     app.command("pretrain-load", rich_help_panel=data)(pretrain.pretrain_load)

@@ -32,6 +32,12 @@ def report(
         int, typer.Option("--resamples", min=1, help="Bootstrap resamples for mean ± SD and 95% CI of AUC.")
     ] = DEFAULT_RESAMPLES,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    study: Annotated[
+        Optional[str],
+        typer.Option("--study", metavar="NAME", help="The paper's table of a study run by vitmed study run: "
+                     "datasets x inits, macro AUC mean ± SD over seeds with p-values against the reference, "
+                     "a forest plot of ΔAUC, per-finding tables and the protocol block."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild the study's AUC tables, p-value tables and figures from the registry.
@@ -41,9 +47,16 @@ def report(
     from ..report import create_report
 
     registry = state(ctx).registry(write=False)
-    options = dict(fmt=fmt.value if fmt else None, datasets=dataset, n_resamples=resamples, seed=seed)
     with EventPrinter() as on_event:
-        written = create_report(registry, out, on_event=on_event, **options)
+        if study is not None:
+            from ..report.study import create_study_report
+
+            kind = fmt.value if fmt else ("md" if out is not None and out.suffix.lower() == ".md" else "html")
+            target = out or registry.workspace.report_dir / f"study-{study}.{kind}"
+            written = create_study_report(registry, study, target, fmt=kind, on_event=on_event)
+        else:
+            options = dict(fmt=fmt.value if fmt else None, datasets=dataset, n_resamples=resamples, seed=seed)
+            written = create_report(registry, out, on_event=on_event, **options)
     if want_json(ctx, json_out):
         print_json(written.to_dict())
         return

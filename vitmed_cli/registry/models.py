@@ -62,6 +62,7 @@ PARTS = ("train", "val", "test")
 VIEWS = ("frontal", "lateral", "unknown")
 CHECKPOINT_SOURCES = ("file", "hub-cache", "run", "random")
 EVALUATION_SOURCES = ("predict", "import")
+CELL_STATES = ("pending", "running", "done", "failed")
 MACRO = "__macro__"
 
 
@@ -289,6 +290,9 @@ class Run(Base):
     code_version: Mapped[Optional[str]] = mapped_column(String(128))
     started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[Optional[dt.datetime]] = mapped_column(DateTime(timezone=True))
+    # sha256 of everything that defines what the run trains (a study's cell configuration):
+    # a study finds a run it already made by it instead of training it twice
+    config_hash: Mapped[Optional[str]] = mapped_column(String(64), index=True)
 
     dataset: Mapped[Dataset] = relationship()
     split: Mapped[Split] = relationship()
@@ -449,3 +453,55 @@ class ComparisonResult(Base):
     n_positive: Mapped[Optional[int]] = mapped_column(Integer)
     n_negative: Mapped[Optional[int]] = mapped_column(Integer)
     n_degenerate: Mapped[Optional[int]] = mapped_column(Integer)
+
+
+class Study(Base):
+    """A study file as run: its text, its parsed configuration, and its cells."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    file: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    cells: Mapped[list["StudyCell"]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", passive_deletes=True,
+        order_by="StudyCell.id",
+    )
+
+
+class StudyCell(Base):
+    """One step of a study (ingest, split, register, fine-tune, predict, compare, report)."""
+
+    __tablename__ = "study_cells"
+    __table_args__ = (
+        UniqueConstraint("study_id", "key"),
+        CheckConstraint(_in("state", CELL_STATES), name="state"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(256))
+    stage: Mapped[str] = mapped_column(String(32))
+    dataset: Mapped[Optional[str]] = mapped_column(String(128))
+    init: Mapped[Optional[str]] = mapped_column(String(128))
+    seed: Mapped[Optional[int]] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    config_hash: Mapped[Optional[str]] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    evaluation_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="SET NULL")
+    )
+    comparison_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("comparisons.id", ondelete="SET NULL")
+    )
+    job_id: Mapped[Optional[str]] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)  # e.g. every seed's comparison id
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="cells")

@@ -4,9 +4,10 @@ training loop (:mod:`.loop`), resumable checkpoints (:mod:`.resume`), what it re
 
 from __future__ import annotations
 
-from .api import finetune, resume
+from .api import finetune, finetune_config, resume
 from .config import RunResult, TrainConfig
 from .loop import Trainer, TrainingLoop
 from .prepare import left_out_message
 
-__all__ = ["RunResult", "TrainConfig", "Trainer", "TrainingLoop", "finetune", "left_out_message", "resume"]
+__all__ = ["RunResult", "TrainConfig", "Trainer", "TrainingLoop", "finetune", "finetune_config", "left_out_message",
+           "resume"]

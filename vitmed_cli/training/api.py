@@ -63,8 +63,8 @@ class _Start:
     spec: InitSpec
 
 
-def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
-               on_event: Listener | None) -> tuple[_Start, dict[str, torch.Tensor] | None]:
+def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo, on_event: Listener | None,
+               config_hash: str | None = None) -> tuple[_Start, dict[str, torch.Tensor] | None]:
     """Check everything, read the init once, then write the run row (status running)."""
     with registry.session(readonly=True) as s:
         prep = prepare(s, cfg)
@@ -87,7 +87,7 @@ def _start_run(registry: Registry, cfg: TrainConfig, info: DistInfo,
     cfg = TrainConfig(**{**asdict(cfg), "arch": arch, "image_size": image_size,
                          "split": prep.split, "model_kwargs": kwargs})
     with registry.session() as s:
-        run_id = records.new_run(s, cfg, prep, spec, info, registry.workspace)
+        run_id = records.new_run(s, cfg, prep, spec, info, registry.workspace, config_hash=config_hash)
     return _Start(run_id, cfg, prep, spec), init_state
 
 
@@ -174,6 +174,19 @@ def finetune(
                for k, v in (merge or {}).items()},
         no_finding=no_finding,
     )
+    return finetune_config(registry, cfg, on_event=on_event, on_step=on_step)
+
+
+def finetune_config(
+    registry: Registry,
+    cfg: TrainConfig,
+    *,
+    config_hash: str | None = None,
+    on_event: Listener | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> RunResult:
+    """:func:`finetune` from a whole :class:`TrainConfig`; ``config_hash`` is stored with the run
+    (``Run.config_hash``: a study finds the run it made for a cell by it)."""
     cfg.check()
     info = dist.setup(cfg.device)
     try:
@@ -181,7 +194,7 @@ def finetune(
 
         def start() -> _Start:
             nonlocal init_state
-            started, init_state = _start_run(registry, cfg, info, on_event)
+            started, init_state = _start_run(registry, cfg, info, on_event, config_hash)
             return started
 
         started: _Start = _on_rank0(info, start)

@@ -80,7 +80,8 @@ def run_dir(registry: Registry, run_id: int) -> Path:
     return path
 
 
-def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo, workspace) -> int:
+def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo, workspace,
+            config_hash: str | None = None) -> int:
     """The run's row, written before training starts (status running), with its own folder:
     ``run-ID-TOKEN``, unique even when two registries share the workspace and both have a run ID."""
     run = Run(
@@ -103,6 +104,7 @@ def new_run(session, cfg: TrainConfig, prep: Prepared, spec, info: DistInfo, wor
             "image_cache": prep.cache_path,  # the cache built at the run's size, when there is one
         },
         seed=cfg.seed,
+        config_hash=config_hash,
         status="running",
         epochs_planned=cfg.epochs,
         epochs_done=0,
