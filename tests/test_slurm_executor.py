@@ -7,9 +7,13 @@ they skip, and the local variants run the same code path with real subprocesses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,8 +21,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from vitmed_cli import open_registry
 from vitmed_cli.errors import ConfigError
+from vitmed_cli.registry.models import Run, StudyCell
+from vitmed_cli.study import DemoSettings, create_executor, demo_study_text
+from vitmed_cli.study.executors import SlurmOptions as StudySlurmOptions
 from vitmed_cli.study.slurm import (
     SlurmExecutor,
     SlurmOptions,
@@ -26,6 +35,7 @@ from vitmed_cli.study.slurm import (
     parse_slurm_time,
     state_from_files,
 )
+from vitmed_cli.study.spec import parse_study
 
 # Read at import: the autouse workspace fixture clears VITMED_* variables before each test.
 SLURM_REQUIRED = os.environ.get("VITMED_TEST_SLURM") == "1"
@@ -244,3 +254,87 @@ def test_a_time_limit_slurm_would_not_read_is_refused(text):
                               " or D-HH:MM:SS (1-12:00:00)")
     with pytest.raises(ConfigError, match=r"^`time` '00:00' must be at least one minute$"):
         parse_slurm_time("00:00")
+
+
+
+def test_study_file_and_options_reach_the_slurm_executor(tmp_path, pg_registry_url, make_registry):
+    """[executor.slurm] in the study file and study run's options, as the executor's options."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("no Slurm commands on PATH: install slurm-client (or start a cluster with .ci/start-slurm)")
+    text = demo_study_text(DemoSettings.smallest(), name="tiny")
+    spec = parse_study(text + '\n[executor.slurm]\ncpus = 4\nmem_gb = 16\ntime = "1-00:00:00"\n',
+                       file=tmp_path / "s.toml", check_paths=False)
+    assert (spec.slurm.cpus, spec.slurm.mem_gb, spec.slurm.time) == (4, 16.0, "1-00:00:00")
+    with pytest.raises(ConfigError, match=r"^`executor\.slurm\.cpus` must be an integer, got 'four'"):
+        parse_study(text + '\n[executor.slurm]\ncpus = "four"\n', file=tmp_path / "s.toml", check_paths=False)
+
+    reg = make_registry(pg_registry_url)
+    given = StudySlurmOptions(gpus=2, partition="gpu", time=spec.slurm.time, account="lab", cpus=spec.slurm.cpus,
+                              mem_gb=spec.slurm.mem_gb)
+    ex = create_executor("slurm", reg, slurm=given)
+    assert ex.options == SlurmOptions(gpus=2, cpus=4, mem_gb=16.0, partition="gpu", time_min=1440, account="lab")
+    assert ex.folder == reg.workspace.home / "slurm-jobs"
+    assert create_executor("slurm", reg).options == SlurmOptions()  # nothing given: the executor's defaults
+
+
+def _tiny_study(tmp_path: Path, *, epochs: int) -> Path:
+    s = dataclasses.replace(DemoSettings.smallest(), source_epochs=epochs, target_epochs=epochs, n_resamples=50)
+    f = tmp_path / "tiny.toml"
+    f.write_text(demo_study_text(s, seeds=[0], name="tiny", report_out=str(tmp_path / "out" / "report.md")))
+    return f
+
+
+@pytest.mark.slow
+def test_demo_study_through_slurm_resumes_after_scancel_and_trains_nothing_twice(tmp_path, pg_registry_url):
+    """The issue's check: the demo study through --executor slurm on PostgreSQL.  Each job asks
+    for every CPU of the node, so one runs and the next waits in Slurm's queue.  Mid-training one
+    fine-tuning job is cancelled with scancel and the study run itself is killed; study run again
+    completes the matrix - waiting for the job left in the queue rather than submitting its cell
+    again, resuming the cancelled run - and a third finds everything done."""
+    need_slurm()
+    node_cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+    f, db = _tiny_study(tmp_path, epochs=10), pg_registry_url
+    cmd = [sys.executable, "-m", "vitmed_cli", "--db", db, "study", "run", str(f), "--executor", "slurm",
+           "--cpus", node_cpus.rstrip("+"), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    reg = open_registry(db)
+    try:
+        cancelled = None
+        while proc.poll() is None and cancelled is None:
+            time.sleep(0.05)
+            with reg.session() as s:
+                run = s.scalar(select(Run).where(Run.resume_path.is_not(None), Run.status == "running",
+                                                 Run.epochs_done < Run.epochs_planned))
+                cell = run and s.scalar(select(StudyCell).where(StudyCell.config_hash == run.config_hash,
+                                                                StudyCell.key.like("finetune/demo-target/%")))
+                if cell is not None and cell.job_id:
+                    subprocess.run(["scancel", cell.job_id], check=True)
+                    os.killpg(proc.pid, signal.SIGKILL)  # the controller; its Slurm jobs stay
+                    cancelled = (run.id, cell.key, cell.job_id)
+        proc.wait()
+        assert cancelled is not None, "the study finished before a job could be cancelled"
+        run_id, key, job = cancelled
+        # Slurm's word for it, read without sacct, once the job has stopped its command
+        assert watch(SlurmExecutor(SlurmOptions(), tmp_path / "jobs"), job)[-1] == "cancelled"
+
+        again = subprocess.run(cmd, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        assert (json.loads(again.stdout)["n_done"], json.loads(again.stdout)["failed"]) == (12, {})
+        assert "still in the queue - waiting for it" in again.stderr
+        third = subprocess.run(cmd, capture_output=True, text=True)
+        assert (json.loads(third.stdout)["n_done"], json.loads(third.stdout)["executed"]) == (12, [])
+        with reg.session() as s:
+            hashes = s.execute(select(Run.config_hash, func.count()).group_by(Run.config_hash)).all()
+            assert len(hashes) == 3 and {n for _, n in hashes} == {1}  # each fine-tuning trained once
+            run = s.get(Run, run_id)
+            assert (run.status, run.epochs_done, len(run.config["resumes"])) == ("completed", 10, 1)
+            cells = {c.key: c for c in s.scalars(select(StudyCell))}
+            assert {c.state for c in cells.values()} == {"done"}
+            assert cells[key].job_id != job  # a new job resumed the cancelled run
+            # Submitted twice: the cancelled cell and the prediction chained to it in its job;
+            # the job the killed run left in the queue was waited for, not submitted again.
+            twice = {key, "predict/" + key.split("/", 1)[1]}
+            attempts = {k: c.attempts for k, c in cells.items()}
+            assert attempts == {k: 2 if k in twice else 1 for k in cells}, attempts
+    finally:
+        reg.dispose()

@@ -106,6 +106,9 @@ def run(
     time_limit: Annotated[Optional[str], typer.Option("--time", help="Slurm: time limit per job, e.g. 04:00:00.")]
     = None,
     account: Annotated[Optional[str], typer.Option("--account", help="Slurm: account to charge.")] = None,
+    cpus: Annotated[Optional[int], typer.Option("--cpus", min=1, help="Slurm: CPUs per job (default 2).")] = None,
+    mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="Slurm: memory per job in GB (default: the "
+                                                    "partition's).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run what is missing of the study, in dependency order; run it again after an interruption and
@@ -119,7 +122,8 @@ def run(
     st = state(ctx)
     registry = st.registry()
     slurm = SlurmOptions(gpus=gpus or spec.slurm.gpus, partition=partition or spec.slurm.partition,
-                         time=time_limit or spec.slurm.time, account=account or spec.slurm.account)
+                         time=time_limit or spec.slurm.time, account=account or spec.slurm.account,
+                         cpus=cpus or spec.slurm.cpus, mem_gb=mem_gb or spec.slurm.mem_gb)
     ex = create_executor(executor.value, registry, slurm=slurm)
     db_url = registry.engine.url.render_as_string(hide_password=False)
     as_json = want_json(ctx, json_out)

@@ -37,6 +37,8 @@ class SlurmOptions:
     partition: str | None = None
     time: str | None = None  # Slurm's time limit, e.g. 04:00:00
     account: str | None = None
+    cpus: int | None = None
+    mem_gb: float | None = None
 
 
 def cell_argv(study_file: str | Path, keys: list[str]) -> list[str]:

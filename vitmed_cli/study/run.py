@@ -86,7 +86,13 @@ def create_executor(name: str, registry: Registry, *, slurm: SlurmOptions | None
         except ImportError as exc:
             raise ConfigError(f"the slurm executor is not available here ({exc}) - install submitit "
                               "(pip install submitit) or use `executor` local") from None
-        return slurm_module.SlurmExecutor(slurm or SlurmOptions())
+        o = slurm or SlurmOptions()
+        given = {"gpus": o.gpus, "partition": o.partition, "account": o.account, "cpus": o.cpus,
+                 "mem_gb": o.mem_gb, "time_min": slurm_module.parse_slurm_time(o.time) if o.time else None}
+        options = slurm_module.SlurmOptions(**{k: v for k, v in given.items() if v is not None})
+        # submitit's job files (one folder per job) next to the registry's other files: the
+        # workspace must be on a file system the compute nodes share.
+        return slurm_module.SlurmExecutor(options, registry.workspace.home / "slurm-jobs")
     raise ConfigError(f"`executor` must be one of {', '.join(EXECUTORS)}, got {name!r}")
 
 
@@ -145,6 +151,20 @@ def run_study(
                 give_up(cell.key, f"{type(exc).__name__}: {exc}")
             else:
                 warning(on_event, f"{cell.key} crashed ({type(exc).__name__}: {exc}) - trying once more")
+
+    if executor is not None:
+        # Jobs an earlier `study run` submitted that are still queued or running (its controller
+        # was stopped, the jobs were not): wait for them instead of submitting the cells again.
+        adopted: dict[str, list[str]] = {}
+        for st in cell_states(registry, spec, plan):
+            if st.job_id and st.state != "done" and executor.state(st.job_id) in ("pending", "running"):
+                adopted.setdefault(st.job_id, []).append(st.key)
+        for job, keys in adopted.items():
+            inflight[job] = sorted(keys, key=lambda k: by_key[k].stage != "finetune")
+            for k in keys:
+                tries[k] = tries.get(k, 0) + 1
+            notice(on_event, f"{' + '.join(inflight[job])}: job {job} ({executor.name}) still in the queue - "
+                   "waiting for it")
 
     while True:
         states = {st.key: st for st in cell_states(registry, spec, plan)}

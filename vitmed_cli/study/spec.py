@@ -16,7 +16,7 @@ Sections::
     [[comparisons]] reference, inits, datasets
     [statistics]   resamples, alpha, fdr_family (study | dataset), seed
     [report]       out, format (html | md)
-    [executor.slurm] gpus, partition, time, account
+    [executor.slurm] gpus, partition, time, account, cpus, mem_gb
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ class SlurmSection:
     partition: str | None = None
     time: str | None = None
     account: str | None = None
+    cpus: int | None = None
+    mem_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -422,9 +424,11 @@ def parse_study(text: str, *, file: str | Path = "study.toml", check_paths: bool
     et = _table(raw.get("executor", {}), "executor")
     _known(et, "executor", ("slurm",))
     sl = _table(et.get("slurm", {}), "executor.slurm")
-    _known(sl, "executor.slurm", ("gpus", "partition", "time", "account"))
+    _known(sl, "executor.slurm", ("gpus", "partition", "time", "account", "cpus", "mem_gb"))
     slurm = SlurmSection(
         gpus=_typed(sl["gpus"], int, "executor.slurm.gpus") if "gpus" in sl else None,
+        cpus=_typed(sl["cpus"], int, "executor.slurm.cpus") if "cpus" in sl else None,
+        mem_gb=_typed(sl["mem_gb"], float, "executor.slurm.mem_gb") if "mem_gb" in sl else None,
         **{k: _typed(sl[k], str, f"executor.slurm.{k}") for k in ("partition", "time", "account") if k in sl})
     spec = StudySpec(name=name, file=str(file), text=text, folder=str(folder),
                      description=_typed(st.get("description", ""), str, "study.description"), seeds=seeds,
