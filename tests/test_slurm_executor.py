@@ -25,8 +25,17 @@ from sqlalchemy import func, select
 
 from vitmed_cli import open_registry
 from vitmed_cli.errors import ConfigError
-from vitmed_cli.registry.models import Run, StudyCell
-from vitmed_cli.study import DemoSettings, create_executor, demo_study_text
+from vitmed_cli.registry.models import Evaluation, Run, StudyCell
+from vitmed_cli.study import (
+    DemoSettings,
+    build_plan,
+    cell_argv,
+    cell_env,
+    create_executor,
+    demo_study_text,
+    load_study,
+    run_cell,
+)
 from vitmed_cli.study.executors import SlurmOptions as StudySlurmOptions
 from vitmed_cli.study.slurm import (
     SlurmExecutor,
@@ -275,6 +284,37 @@ def test_study_file_and_options_reach_the_slurm_executor(tmp_path, pg_registry_u
     assert ex.options == SlurmOptions(gpus=2, cpus=4, mem_gb=16.0, partition="gpu", time_min=1440, account="lab")
     assert ex.folder == reg.workspace.home / "slurm-jobs"
     assert create_executor("slurm", reg).options == SlurmOptions()  # nothing given: the executor's defaults
+
+
+
+def test_a_study_cell_of_two_gpus_trains_once_under_torchrun(tmp_path, make_registry):
+    """A fine-tuning cell and its prediction in a job of two "GPUs" (two torchrun ranks, gloo
+    on the CPU): the ranks train one run together, and rank 0 alone records it, predicts and
+    writes the cells' rows - one run, one evaluation."""
+    f = _tiny_study(tmp_path, epochs=2)
+    spec = load_study(f)
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    reg = make_registry(url)
+    for key in ("ingest/demo-target", "split/demo-target"):
+        run_cell(reg, spec, key)
+    keys = ["finetune/demo-target/random/0", "predict/demo-target/random/0"]
+    ex = SubmititLocalExecutor(tmp_path / "jobs", gpus=2)
+    env = {**cell_env(url, reg.workspace.home), "CUDA_VISIBLE_DEVICES": ""}  # gloo: no GPU needed
+    job = ex.submit(keys[0], cell_argv(f, keys), log_dir=tmp_path / "logs", env=env)
+    log = tmp_path / "logs" / "finetune__demo-target__random__0.log"
+    assert watch(ex, job)[-1] == "done", log.read_text()
+    with reg.session() as s:
+        runs = s.scalars(select(Run)).all()
+        assert [(r.status, r.epochs_done, r.config_hash) for r in runs] == [
+            ("completed", 2, spec_cell_hash(spec, keys[0]))]
+        assert s.scalar(select(func.count()).select_from(Evaluation)) == 1
+        cells = {c.key: c for c in s.scalars(select(StudyCell).where(StudyCell.key.in_(keys)))}
+        assert {k: (c.state, c.run_id) for k, c in cells.items()} == {k: ("done", runs[0].id) for k in keys}
+    assert log.read_text().count("epoch 2/2") == 1  # rank 0 alone reports progress
+
+
+def spec_cell_hash(spec, key: str) -> str:
+    return next(c.hash for c in build_plan(spec) if c.key == key)
 
 
 def _tiny_study(tmp_path: Path, *, epochs: int) -> Path:

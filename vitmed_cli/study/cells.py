@@ -9,6 +9,7 @@ reset whenever the cell's hash changes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,8 +195,57 @@ def mark_failed(registry: Registry, study: str, key: str, error: str) -> None:
 
 # --------------------------------------------------------------------------- doing one cell
 
+# Under torchrun, while rank 0 does a fine-tuning cell: its process group and whether rank 0
+# has told the other ranks what to train.
+_RANKS: dict[str, Any] = {}
+_SKIP = ("skip", None)
+
+
 def run_cell(registry: Registry, spec: StudySpec, key: str, *, on_event: Listener | None = None) -> CellState:
-    """Do cell ``key`` of the study (what an executor's job runs); skip it when it is done."""
+    """Do cell ``key`` of the study (what an executor's job runs); skip it when it is done.
+
+    Under torchrun (a job of several GPUs) rank 0 does the cell as a single process would; the
+    other ranks only take part in a fine-tuning's training, training what rank 0 decided (a
+    new run, or the resumption of run N), and write nothing themselves.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_cell_ranks(registry, spec, key, int(os.environ.get("RANK", "0")), on_event=on_event)
+    return _run_cell_one(registry, spec, key, on_event=on_event)
+
+
+def _cell_state(registry: Registry, spec: StudySpec, key: str) -> CellState:
+    states = {st.key: st for st in cell_states(registry, spec)}
+    if key not in states:
+        raise NotFound(f"the study {spec.name!r} has no cell {key!r} - see vitmed study plan {spec.file}")
+    return states[key]
+
+
+def _run_cell_ranks(registry: Registry, spec: StudySpec, key: str, rank: int, *,
+                    on_event: Listener | None) -> CellState:
+    from ..training import distributed
+
+    cell = {c.key: c for c in build_plan(spec)}.get(key)
+    if cell is None or cell.stage != "finetune":
+        return _run_cell_one(registry, spec, key, on_event=on_event) if rank == 0 else _cell_state(registry, spec, key)
+    info = distributed.setup(cell.params["train"].get("device", "auto"))
+    try:
+        if rank == 0:
+            _RANKS.update(info=info, sent=False)
+            try:
+                return _run_cell_one(registry, spec, key, on_event=on_event)
+            finally:
+                if not _RANKS.get("sent"):  # done already, refused or failed before training: nothing to train
+                    distributed.broadcast(_SKIP, info)
+                _RANKS.clear()
+        what, run_id = distributed.broadcast(None, info)
+        if what == "train":
+            _train(registry, cell, run_id, None)
+        return _cell_state(registry, spec, key)
+    finally:
+        distributed.teardown(info)
+
+
+def _run_cell_one(registry: Registry, spec: StudySpec, key: str, *, on_event: Listener | None = None) -> CellState:
     from ..registry.owner import current_owner
 
     plan = build_plan(spec)
@@ -274,30 +324,45 @@ def _register(registry, spec, cell, states, on_event) -> dict[str, Any]:
 
 
 def _finetune(registry, spec, cell, states, on_event) -> dict[str, Any]:
-    from ..training import finetune_config, resume
-    from ..training.config import TrainConfig
+    run_id = _finetune_plan(registry, cell, states[cell.key], on_event)
+    if _RANKS:  # rank 0 of a torchrun job: the other ranks train what it decided
+        from ..training import distributed
 
-    st = states[cell.key]
-    result = None
-    if st.run_id is not None and st.resumable:
-        with registry.session(readonly=True) as s:
-            run = s.get(Run, st.run_id)
-            has_resume = run.resume_path is not None and Path(run.resume_path).is_file()
-            status = run.status
-        if has_resume and status != "failed":
-            notice(on_event, f"{cell.key}: resuming run {st.run_id}")
-            result = resume(registry, st.run_id, on_event=on_event)
-        elif status != "failed":
-            # killed before its first resumable checkpoint: nothing to keep, start it again
-            with registry.session() as s:
-                s.delete(s.get(Run, st.run_id))
-    if result is None:
-        cfg = TrainConfig(**cell.params["train"])
-        result = finetune_config(registry, cfg, config_hash=cell.hash, on_event=on_event)
+        distributed.broadcast(("train", run_id), _RANKS["info"])
+        _RANKS["sent"] = True
+    result = _train(registry, cell, run_id, on_event)
     if result.status != "completed":
         raise TrainingError(f"run {result.run_id} ended {result.status}: {result.message or ''} - see "
                             f"vitmed runs show {result.run_id}")
     return {"run_id": result.run_id}
+
+
+def _finetune_plan(registry, cell, st, on_event) -> int | None:
+    """The run to resume, or None for a new one (a run killed before its first resumable
+    checkpoint has nothing to keep: it is deleted and started again)."""
+    if st.run_id is None or not st.resumable:
+        return None
+    with registry.session(readonly=True) as s:
+        run = s.get(Run, st.run_id)
+        has_resume = run.resume_path is not None and Path(run.resume_path).is_file()
+        status = run.status
+    if has_resume and status != "failed":
+        notice(on_event, f"{cell.key}: resuming run {st.run_id}")
+        return st.run_id
+    if status != "failed":
+        with registry.session() as s:
+            s.delete(s.get(Run, st.run_id))
+    return None
+
+
+def _train(registry, cell, run_id, on_event):
+    from ..training import finetune_config, resume
+    from ..training.config import TrainConfig
+
+    if run_id is not None:
+        return resume(registry, run_id, on_event=on_event)
+    cfg = TrainConfig(**cell.params["train"])
+    return finetune_config(registry, cfg, config_hash=cell.hash, on_event=on_event)
 
 
 def _predict(registry, spec, cell, states, on_event) -> dict[str, Any]:
