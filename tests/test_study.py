@@ -174,6 +174,9 @@ def test_local_run_completes_status_and_report_over_seeds(tmp_path):
         assert {"stage", "dataset", "init", "seed", "state", "run_id", "evaluation_id"} <= set(c)
     predicted = [c for c in status["cells"] if c["stage"] == "predict"]
     assert len(predicted) == 4 and all(c["run_id"] and c["evaluation_id"] for c in predicted)
+    plan = json.loads(runner.invoke(app, ["--db", db, "study", "plan", str(f), "--json"]).stdout)
+    assert [(c["key"], c["state"], c["evaluation_id"]) for c in plan["cells"]] == [
+        (c["key"], "done", c["evaluation_id"]) for c in status["cells"]]  # the plan shows what is done
 
     reg = open_registry(db)
     try:
