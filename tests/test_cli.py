@@ -226,3 +226,12 @@ def test_the_suite_does_not_depend_on_path_or_the_users_settings(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "3 passed" in proc.stdout
     assert not (tmp_path / "users-own.db").exists() and not (tmp_path / "users-home").exists()
+
+
+def test_loading_the_cli_imports_no_numerical_library():
+    """Every command's module loads at start-up; torch, timm, scipy, pandas and scikit-learn load
+    only inside the commands that compute, so `vitmed --help` or `runs list` starts in a second."""
+    heavy = ("torch", "timm", "scipy", "pandas", "sklearn", "torchvision")
+    code = f"import sys, vitmed_cli.cli; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
