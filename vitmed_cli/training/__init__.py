@@ -1,5 +1,5 @@
 """Fine-tuning: a run's configuration (:mod:`.config`), its data (:mod:`.prepare`), the
-training loop (:mod:`.loop`), resumable checkpoints (:mod:`.resume`), what it records
+training loop (:mod:`.loop`), resumable checkpoints (:mod:`.resume_state`), what it records
 (:mod:`.records`) and several GPUs (:mod:`.distributed`); :mod:`.api` starts and resumes runs.
 
 The names below load on first use (PEP 562), so ``from vitmed_cli.training.config import

@@ -48,7 +48,7 @@ from .distributed import DistInfo
 from .loop import TrainingLoop
 from .probe import ProbeLoop, uses_feature_cache
 from .prepare import Prepared, left_out_message, prepare
-from .resume import load_resume, reconcile_epochs
+from .resume_state import load_resume, reconcile_epochs
 
 log = logging.getLogger("vitmed")
 

@@ -41,7 +41,7 @@ from . import records
 from .config import RESUME_FILE, RunResult, TrainConfig
 from .distributed import DistInfo
 from .prepare import Prepared
-from .resume import rng_state, save_resume, set_rng_state
+from .resume_state import rng_state, save_resume, set_rng_state
 from .tuning import apply_tuning
 
 
