@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -455,6 +456,17 @@ def test_image_sizes_errors_name_the_key(tmp_path):
     assert _plan_error(tmp_path, base.replace("SIZES", "image_sizes = [224, 500]")) == (
         "Error: `datasets.toy.image_sizes` 500 is not a multiple of the patch size 16 of vit_base_patch16_224 "
         "(the last 4 pixel rows and columns would be dropped) - use 496 or 512 (fine-tuning toy from random)")
+    # DINOv2's patch is 14: a size ImageNet's 16 divides can still be refused
+    from vitmed_cli.study import StudyFileError, parse_study
+    from vitmed_cli.study.plan import check_image_sizes
+
+    tayebi = preset_text("tayebi2024").replace('path = "data/vindr-cxr/1.0.0"\nimage_size = 224',
+                                               'path = "data/vindr-cxr/1.0.0"\nimage_sizes = [224, 512]')
+    with pytest.raises(StudyFileError) as err:
+        check_image_sizes(parse_study(tayebi, file="/study/s.toml", check_paths=False))
+    assert str(err.value) == (
+        "`datasets.vindr.image_sizes` 512 is not a multiple of the patch size 14 of vit_base_patch14_dinov2.lvd142m "
+        "(the last 8 pixel rows and columns would be dropped) - use 504 or 518 (fine-tuning vindr from dinov2)")
 
 
 def test_a_sweep_runs_each_size_and_reports_a_column_per_size(registry, tmp_path):

@@ -206,9 +206,11 @@ def _init_model(spec: StudySpec, name: str) -> tuple[str, dict[str, Any]] | None
         return cfg.arch or base[0], {**base[1], **cfg.model_kwargs}  # the stage run's own model
     if e.pretrain is None:  # a registered name: only random is known without the registry
         return (DEFAULT_ARCH[name], {}) if name == "random" else None
-    if e.pretrain in ("dinov2", "imagenet", "file") or e.pretrain.startswith(TIMM_PREFIX):
-        arch = e.arch or DEFAULT_ARCH.get(e.pretrain) or e.pretrain[len(TIMM_PREFIX):]
+    if e.pretrain in DEFAULT_ARCH or e.pretrain == "file":
+        arch = e.arch or DEFAULT_ARCH.get(e.pretrain)
         return (arch, {}) if arch else None
+    if e.pretrain.startswith(TIMM_PREFIX):
+        return e.arch or e.pretrain[len(TIMM_PREFIX):], {}
     return None  # dinov3, hf: the architecture is read from the file
 
 
@@ -226,10 +228,10 @@ def check_image_sizes(spec: StudySpec, plan: list[Cell] | None = None) -> None:
         train = cell.params["train"]
         d = spec.datasets[cell.dataset]
         model = _init_model(spec, cell.init)
-        if model is None and not train.get("arch"):
+        if model is None:  # its file's model options may change the patch: fine-tuning checks it
             continue
         arch = train.get("arch") or model[0]
-        kwargs = {**(model[1] if model else {}), **(train.get("model_kwargs") or {})}
+        kwargs = {**model[1], **(train.get("model_kwargs") or {})}
         size = train.get("image_size") or d.image_size
         once = config_hash({"arch": arch, "kwargs": kwargs, "size": size})
         if once in checked:
