@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -331,3 +332,181 @@ def test_a_failing_cell_is_tried_twice_then_reported_and_blocks_what_needs_it(tm
         assert "Hernia" in by_key[key]["error"]
     assert by_key["predict/demo-target/random/0"]["state"] == "pending"
     assert by_key["report"]["state"] == "pending"
+
+
+# --------------------------------------------------------------------------- resolution sweeps
+
+def _plan(text: str):
+    from vitmed_cli.study import build_plan, parse_study
+
+    return build_plan(parse_study(text, file="/study/s.toml", check_paths=False))
+
+
+def _demo_plan_formula(spec) -> dict[str, str]:
+    """The hashes of the demo's fine-tunings, predictions and comparison, by the formula a one-size
+    study has always used (a study's registry rows are found by these)."""
+    from vitmed_cli.study.plan import train_payload
+    from vitmed_cli.study.spec import config_hash
+
+    plan = {c.key: c for c in _plan(spec.text)}
+    out = {}
+    for init in ("random", "demo-source-supervised"):
+        for seed in (0, 1):
+            cfg = spec.train_config("demo-target", init, seed)
+            h = config_hash({"train": train_payload(cfg), "split": plan["split/demo-target"].hash,
+                             "init": plan["register/demo-source-supervised"].hash if init != "random"
+                             else config_hash({"registered": "random"})})
+            out[f"finetune/demo-target/{init}/{seed}"] = h
+            out[f"predict/demo-target/{init}/{seed}"] = config_hash({"run": h, "part": "test"})
+    out["compare/demo-target/demo-source-supervised-vs-random"] = config_hash({
+        "a": [out[f"predict/demo-target/demo-source-supervised/{k}"] for k in (0, 1)],
+        "b": [out[f"predict/demo-target/random/{k}"] for k in (0, 1)],
+        "stats": dataclasses.asdict(spec.statistics)})
+    return out
+
+
+def test_a_one_size_study_keeps_its_cell_keys_and_hashes():
+    from vitmed_cli.study import parse_study
+
+    text = preset_text("demo")
+    spec = parse_study(text, file="/study/s.toml", check_paths=False)
+    plan = _plan(text)
+    assert [c.key for c in plan] == [
+        "ingest/demo-source", "split/demo-source", "ingest/demo-target", "split/demo-target",
+        "finetune/demo-source-supervised", "register/demo-source-supervised",
+        "finetune/demo-target/random/0", "predict/demo-target/random/0",
+        "finetune/demo-target/random/1", "predict/demo-target/random/1",
+        "finetune/demo-target/demo-source-supervised/0", "predict/demo-target/demo-source-supervised/0",
+        "finetune/demo-target/demo-source-supervised/1", "predict/demo-target/demo-source-supervised/1",
+        "compare/demo-target/demo-source-supervised-vs-random", "report"]
+    hashes = {c.key: c.hash for c in plan}
+    # the hashes of the demo preset's data cells before datasets could list several sizes
+    assert [hashes[k] for k in ("ingest/demo-source", "split/demo-source", "ingest/demo-target", "split/demo-target")] == [
+        "5dd5ad02a9acb92de27baebd4bb883d72c0588934015313e3a5f0f66c6e7a63d",
+        "3a554b97ee4f3535ca20b3c160040faaae5e03d4642730b8517d5f92cd19eea3",
+        "943f4b9acb7ffe0eca5a4553494ac066d8b4eda9e09aacd844b9ab46ae553a17",
+        "3bf9c3977287748010e41c6a3b46c0b1333bbfca47bba361e28d03bb9a5ae883"]
+    for key, h in _demo_plan_formula(spec).items():
+        assert hashes[key] == h, key
+    assert all(c.image_size is None for c in plan)
+
+    # a list of one size is the same study as image_size
+    tayebi = preset_text("tayebi2024")
+    listed = tayebi.replace("\nimage_size = 224\n", "\nimage_sizes = [224]\n")
+    assert listed.count("image_sizes = [224]") == 6
+    assert [(c.key, c.hash, c.deps) for c in _plan(listed)] == [(c.key, c.hash, c.deps) for c in _plan(tayebi)]
+
+
+def _sweep_text(sizes: str, *, seeds=(0,), source_sizes: str | None = None) -> str:
+    s = DemoSettings.smallest()
+    s = dataclasses.replace(s, n_resamples=50)
+    text = demo_study_text(s, seeds=list(seeds), name="sweep", report_out="out/report.md")
+    text = text.replace('path = "data/demo-target"\nimage_size = 32', f'path = "data/demo-target"\nimage_sizes = {sizes}')
+    if source_sizes is not None:
+        text = text.replace('path = "data/demo-source"\nimage_size = 32',
+                            f'path = "data/demo-source"\nimage_sizes = {source_sizes}')
+    return text
+
+
+def test_a_sweep_plans_one_ingest_per_size_one_split_and_cells_per_size():
+    text = _sweep_text("[32, 48]")
+    cells = {c.key: c for c in _plan(text)}
+    assert [k for k in cells if k.startswith(("ingest/", "split/"))] == [
+        "ingest/demo-source", "split/demo-source", "ingest/demo-target", "ingest/demo-target@48", "split/demo-target"]
+    assert cells["ingest/demo-target@48"].deps == ["ingest/demo-target"]
+    assert cells["ingest/demo-target@48"].params == {"image_size": 48}
+    assert cells["split/demo-target"].deps == ["ingest/demo-target"]  # patients are split once, for every size
+    for size in (32, 48):
+        for init in ("random", "demo-source-supervised"):
+            ft = cells[f"finetune/demo-target/{init}/0@{size}"]
+            assert ft.params["train"]["image_size"] == size and ft.image_size == size
+            assert ("ingest/demo-target@48" in ft.deps) == (size == 48)
+            assert cells[f"predict/demo-target/{init}/0@{size}"].deps == [ft.key]
+        cmp = cells[f"compare/demo-target/demo-source-supervised-vs-random@{size}"]
+        assert cmp.deps == [f"predict/demo-target/demo-source-supervised/0@{size}", f"predict/demo-target/random/0@{size}"]
+    assert not any(k.startswith(("finetune/demo-target/", "predict/", "compare/")) and "@" not in k for k in cells)
+    assert len([k for k in cells if k.startswith("compare/")]) == 2
+    # the first size trains what the one-size study trained (its protocol's image_size is 32): its runs count
+    one = {c.key: c.hash for c in _plan(_sweep_text("[32]"))}
+    assert cells["finetune/demo-target/random/0@32"].hash == one["finetune/demo-target/random/0"]
+    assert cells["finetune/demo-target/random/0@48"].hash != one["finetune/demo-target/random/0"]
+
+    # a stage trained on a swept dataset stays at its first size
+    staged = {c.key: c for c in _plan(_sweep_text("[32, 48]", source_sizes="[48, 32]"))}
+    assert staged["finetune/demo-source-supervised"].params["train"]["image_size"] == 48
+    assert staged["ingest/demo-source@32"].deps == ["ingest/demo-source"]
+
+
+def test_image_sizes_errors_name_the_key(tmp_path):
+    base = MINIMAL.replace('path = "data/toy"', 'path = "data/toy"\nSIZES')
+    assert _plan_error(tmp_path, base.replace("SIZES", "image_size = 224\nimage_sizes = [224, 512]")) == (
+        "Error: `datasets.toy` has both image_size and image_sizes - keep `datasets.toy.image_sizes` to sweep "
+        "several sizes, or `datasets.toy.image_size` for one")
+    assert _plan_error(tmp_path, base.replace("SIZES", "image_sizes = []")) == (
+        "Error: `datasets.toy.image_sizes` is empty - list one or more sizes in pixels, e.g. [224, 512]")
+    assert _plan_error(tmp_path, base.replace("SIZES", "image_sizes = [224, -512]")) == (
+        "Error: `datasets.toy.image_sizes[1]` must be between 16 and 2048 pixels, got -512")
+    assert _plan_error(tmp_path, base.replace("SIZES", 'image_sizes = [224, "512"]')) == (
+        "Error: `datasets.toy.image_sizes[1]` must be an integer, got '512' (a string)")
+    assert _plan_error(tmp_path, base.replace("SIZES", "image_sizes = 224")) == (
+        "Error: `datasets.toy.image_sizes` must be a list, got 224 (an integer)")
+    assert _plan_error(tmp_path, base.replace("SIZES", "image_sizes = [224, 512, 224]")) == (
+        "Error: `datasets.toy.image_sizes` lists 224 more than once - list each size once")
+    # a size the ViT's patch does not divide: the nearest that fit (random is ViT-B/16)
+    assert _plan_error(tmp_path, base.replace("SIZES", "image_sizes = [224, 500]")) == (
+        "Error: `datasets.toy.image_sizes` 500 is not a multiple of the patch size 16 of vit_base_patch16_224 "
+        "(the last 4 pixel rows and columns would be dropped) - use 496 or 512 (fine-tuning toy from random)")
+    # DINOv2's patch is 14: a size ImageNet's 16 divides can still be refused
+    from vitmed_cli.study import StudyFileError, parse_study
+    from vitmed_cli.study.plan import check_image_sizes
+
+    tayebi = preset_text("tayebi2024").replace('path = "data/vindr-cxr/1.0.0"\nimage_size = 224',
+                                               'path = "data/vindr-cxr/1.0.0"\nimage_sizes = [224, 512]')
+    with pytest.raises(StudyFileError) as err:
+        check_image_sizes(parse_study(tayebi, file="/study/s.toml", check_paths=False))
+    assert str(err.value) == (
+        "`datasets.vindr.image_sizes` 512 is not a multiple of the patch size 14 of vit_base_patch14_dinov2.lvd142m "
+        "(the last 8 pixel rows and columns would be dropped) - use 504 or 518 (fine-tuning vindr from dinov2)")
+
+
+def test_a_sweep_runs_each_size_and_reports_a_column_per_size(registry, tmp_path):
+    from vitmed_cli.study import load_study, run_study
+
+    f = tmp_path / "sweep.toml"
+    f.write_text(_sweep_text("[32, 48]"))
+    spec = load_study(f)
+    out = run_study(registry, spec)
+    assert out.failed == {} and out.n_done == out.n_cells == 18
+    with registry.session() as s:
+        study = s.scalar(select(Study).where(Study.name == "sweep"))
+        cells = {c.key: c for c in study.cells}
+        for size in (32, 48):
+            for init in ("random", "demo-source-supervised"):
+                run = s.get(Run, cells[f"finetune/demo-target/{init}/0@{size}"].run_id)
+                assert (run.init_name, run.image_size, run.status) == (init, size, "completed")
+                ev = s.get(Evaluation, cells[f"predict/demo-target/{init}/0@{size}"].evaluation_id)
+                assert ev.run_id == run.id
+            cmp = s.get(Comparison, cells[f"compare/demo-target/demo-source-supervised-vs-random@{size}"].comparison_id)
+            sides = [s.get(Run, s.get(Evaluation, e).run_id) for e in (cmp.evaluation_a_id, cmp.evaluation_b_id)]
+            assert [(r.init_name, r.image_size) for r in sides] == [("demo-source-supervised", size), ("random", size)]
+            macro = s.scalar(select(ComparisonResult).where(ComparisonResult.comparison_id == cmp.id,
+                                                            ComparisonResult.finding == MACRO))
+            p = macro.p_adjusted
+            cell = f"{ev.macro_auc:.3f} (p {p:.3f})" if p >= 0.001 else f"{ev.macro_auc:.3f} (p <0.001)"
+            ev_by = {(i, z): s.get(Evaluation, cells[f"predict/demo-target/{i}/0@{z}"].evaluation_id).macro_auc
+                     for i in ("random", "demo-source-supervised") for z in (32, 48)}
+    text = (tmp_path / "out" / "report.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| dataset |"))
+    assert header == ("| dataset | random @32px | demo-source-supervised @32px | random @48px | "
+                      "demo-source-supervised @48px |")
+    row = next(line for line in text.splitlines() if line.startswith("| demo-target |"))
+    cols = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cols[0] == f"{ev_by[('random', 32)]:.3f}" and cols[2] == f"{ev_by[('random', 48)]:.3f}"
+    assert cols[1].startswith(f"{ev_by[('demo-source-supervised', 32)]:.3f} (p ")
+    assert cols[3] == cell  # the 48 px comparison's p beside the 48 px column
+    assert "| dataset demo-target | synthetic at 32, 48 px, split random;" in text
+    from vitmed_cli.report.study import gather_study
+
+    forest = gather_study(registry, "sweep").forest
+    assert [r.label for r in forest] == ["demo-source-supervised vs random @32px",
+                                         "demo-source-supervised vs random @48px"]

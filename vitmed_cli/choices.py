@@ -179,6 +179,7 @@ DEFAULT_TUNE = Tune.all.value
 
 # Ingest.
 DEFAULT_IMAGE_SIZE = 224
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 2048  # the cache sizes ingest accepts, in pixels
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)
 
 # Prediction.

@@ -22,7 +22,7 @@ import pandas as pd
 from sqlalchemy import bindparam, func, select
 
 from .._util import atomic_write, file_token
-from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, Format, LabelPolicy
+from ..choices import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Format, LabelPolicy
 from ..errors import AlreadyExists, ConfigError, InputError, VitmedError
 from ..events import Listener, progress
 from ..registry.db import Registry
@@ -550,8 +550,9 @@ def ingest_dataset(
     started = time.perf_counter()
     fmt = Format.parse(fmt, "ingest format").value
     name = check_name(name, Dataset.name, param="name", what="dataset")
-    if not 16 <= int(image_size) <= 2048:
-        raise ConfigError(f"`image_size` must be between 16 and 2048 pixels (got {image_size})")
+    if not MIN_IMAGE_SIZE <= int(image_size) <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"`image_size` must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels "
+                          f"(got {image_size})")
     if workers is not None and workers < 1:
         raise ConfigError(f"`workers` must be at least 1 (got {workers})")
     if int(max_pixels) < 1:

@@ -174,14 +174,27 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
                 for f, vals in by_finding.items():
                     fm, fsd, fn = mean_sd(vals)
                     per_finding.setdefault(d, {}).setdefault(f, {})[col] = Cell(fm, fsd, fn, [])
+        def compared(c, rows) -> tuple[str, str, str, str]:
+            """The columns of a comparison's init and reference, the reference's name, and its size."""
+            ref = _ref_of(c.key)
+            if rows and len(sizes.get(c.dataset, ())) > 1:  # both sides are at one size (the cell's)
+                ev = s.get(Evaluation, rows[0][0].evaluation_a_id)
+                run = s.get(Run, ev.run_id) if ev is not None and ev.run_id else None
+                if run is not None:
+                    at = f" @{run.image_size}px"
+                    ref = ref.removesuffix(f"@{run.image_size}")  # the study cell's key names the size
+                    return c.init + at, ref + at, ref, at
+            return c.init, ref, ref, ""
+
         forest: list[ForestRow] = []
         modes = set()
         for c, rows in compares:
+            col_a, col_ref, ref, at = compared(c, rows)
             for i, (cmp, results) in enumerate(rows):
                 macro = results.get(MACRO)
                 mode = (cmp.options or {}).get("mode", "per-seed" if len(rows) > 1 else "pair")
                 modes.add(mode)
-                label = f"{c.init} vs {_ref_of(c.key)}"
+                label = f"{c.init} vs {ref}{at}"
                 if len(rows) > 1:
                     label += f" (seed {seeds[i] if i < len(seeds) else i})"
                 if macro is not None:
@@ -189,32 +202,31 @@ def gather_study(registry: Registry, name: str) -> StudyReport:
                                             macro.p_adjusted if macro.p_adjusted is not None else macro.p_value))
             for cmp, _results in rows:
                 sides = (cmp.options or {}).get("over_seeds") or {}
-                ref = _ref_of(c.key)
-                for side, init in (("a", c.init), ("b", ref)):
+                for side, col in (("a", col_a), ("b", col_ref)):
                     for f, v in (sides.get(side) or {}).items():
-                        cell = (table.get(c.dataset, {}).get(init) if f == MACRO
-                                else per_finding.get(c.dataset, {}).get(f, {}).get(init))
+                        cell = (table.get(c.dataset, {}).get(col) if f == MACRO
+                                else per_finding.get(c.dataset, {}).get(f, {}).get(col))
                         if cell is not None and (v or {}).get("bootstrap_sd") is not None:
                             cell.bootstrap_sd = v["bootstrap_sd"]
             if rows:
                 res0 = rows[0][1]
                 macro = res0.get(MACRO)
-                target = table.get(c.dataset, {}).get(c.init)
+                target = table.get(c.dataset, {}).get(col_a)
                 if target is not None and macro is not None:
                     # one comparison per seed: the weakest evidence of them (the largest p) is shown
                     macros = [r[MACRO] for _, r in rows if r.get(MACRO) is not None]
                     target.p = _largest([m.p_value for m in macros])
                     target.p_adjusted = _largest([m.p_adjusted for m in macros])
-                    target.vs = _ref_of(c.key)
+                    target.vs = ref
                 for f in res0:
                     if f == MACRO:
                         continue
-                    cell = per_finding.get(c.dataset, {}).get(f, {}).get(c.init)
+                    cell = per_finding.get(c.dataset, {}).get(f, {}).get(col_a)
                     if cell is not None:
                         same = [r[f] for _, r in rows if f in r]
                         cell.p = _largest([r.p_value for r in same])
                         cell.p_adjusted = _largest([r.p_adjusted for r in same])
-                        cell.vs = _ref_of(c.key)
+                        cell.vs = ref
     if "seeds" in modes:
         p_note = ("p: paired bootstrap over the test images, each resample averaging an init's AUC over its "
                   "seeds (two-sided); FDR-adjusted p where shown")
@@ -246,9 +258,11 @@ def _ref_of(key: str) -> str:
 def _col_order(cfg: dict[str, Any]):
     order = list((cfg.get("inits") or {}).keys())
 
-    def key(col: str) -> tuple[int, str]:
-        base = col.split(" @")[0]
-        return (order.index(base) if base in order else len(order), col)
+    def key(col: str) -> tuple[int, int, str]:
+        base, _, at = col.partition(" @")
+        size = int(at[:-2]) if at.endswith("px") and at[:-2].isdigit() else 0
+        # grouped by resolution (512 px before 1024 px), then in the study file's order of inits
+        return (size, order.index(base) if base in order else len(order), col)
 
     return key
 
@@ -272,7 +286,8 @@ def _protocol(cfg: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
     for name, d in (cfg.get("datasets") or {}).items():
         sp = d.get("split") or {}
         extra = f"; protocol {d['protocol']}" if d.get("protocol") else ""
-        rows.append((f"dataset {name}", f"{d.get('format')} at {d.get('image_size')} px, split {sp.get('policy')}"
+        at = ", ".join(map(str, d.get("image_sizes") or [d.get("image_size")]))
+        rows.append((f"dataset {name}", f"{d.get('format')} at {at} px, split {sp.get('policy')}"
                      f"; findings: {', '.join(d.get('findings') or ['all'])}{extra}"))
     for name, e in (cfg.get("inits") or {}).items():
         if e.get("stage"):

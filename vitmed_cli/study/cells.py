@@ -287,8 +287,9 @@ def _ingest(registry, spec, cell, states, on_event) -> dict[str, Any]:
     from ..datasets.ingest import ingest_dataset
 
     d = spec.datasets[cell.dataset]
-    ingest_dataset(registry, d.format, Path(d.path), name=d.name, image_size=d.image_size,
-                   on_event=on_event, **d.ingest)
+    # the first size creates the dataset; a further size adds a cache at that size to it
+    ingest_dataset(registry, d.format, Path(d.path), name=d.name,
+                   image_size=cell.params.get("image_size", d.image_size), on_event=on_event, **d.ingest)
     return {}
 
 
@@ -378,8 +379,9 @@ def _compare(registry, spec, cell, states, on_event) -> dict[str, Any]:
 
     ref = cell.params["reference"]
     seeds = spec.seeds
-    a = [states[f"predict/{cell.dataset}/{cell.init}/{s}"].evaluation_id for s in seeds]
-    b = [states[f"predict/{cell.dataset}/{ref}/{s}"].evaluation_id for s in seeds]
+    # the predictions of each init, one per seed, at the cell's size
+    a = [states[k].evaluation_id for k in cell.params["a"]]
+    b = [states[k].evaluation_id for k in cell.params["b"]]
     out = compare_inits(registry, evaluations_a=a, evaluations_b=b, label_a=cell.init, label_b=ref,
                         seeds=seeds, statistics=spec.statistics, on_event=on_event)
     return {"comparison_id": out["comparison_id"], "detail": {"comparison_ids": out["comparison_ids"],

@@ -19,7 +19,7 @@ from ..events import Listener, notice, progress, warning
 from ..registry.db import Registry
 from .cells import MAX_ATTEMPTS, cell_states, mark_attempt, mark_failed, run_cell, sync_study
 from .executors import Executor, LocalExecutor, SlurmOptions, cell_argv, cell_env
-from .plan import LIGHT_STAGES, Cell, build_plan
+from .plan import LIGHT_STAGES, Cell, build_plan, check_image_sizes
 from .spec import StudySpec
 
 EXECUTORS = ("local", "slurm")
@@ -58,12 +58,13 @@ def study_status(registry: Registry, spec: StudySpec) -> dict[str, Any]:
 def study_plan(registry: Registry | None, spec: StudySpec) -> dict[str, Any]:
     """Every stage and cell with what it depends on, and (with a registry) its state there."""
     plan = build_plan(spec)
+    check_image_sizes(spec, plan)
     states = {st.key: st for st in cell_states(registry, spec, plan)} if registry is not None else {}
     cells = []
     for c in plan:
         st = states.get(c.key)
         cells.append({"key": c.key, "stage": c.stage, "kind": c.kind, "dataset": c.dataset, "init": c.init,
-                      "seed": c.seed, "deps": c.deps, "hash": c.hash,
+                      "seed": c.seed, "image_size": c.image_size, "deps": c.deps, "hash": c.hash,
                       "state": st.state if st else "pending",
                       "run_id": st.run_id if st else None,
                       "evaluation_id": st.evaluation_id if st else None})
@@ -115,6 +116,7 @@ def run_study(
     """
     started = time.perf_counter()
     plan = build_plan(spec)
+    check_image_sizes(spec, plan)
     by_key = {c.key: c for c in plan}
     sync_study(registry, spec, plan)
     if max_parallel is not None and max_parallel < 1:

@@ -8,8 +8,9 @@ Sections::
 
     [study]        name, seeds, description
     [protocol]     training options: any field of TrainConfig (lr, weight_decay, rotation, ...)
-    [datasets.N]   format, path, image_size, ingest = {...}, split = {...}, findings = [...],
-                   findings_by_init = {INIT = [...]}, inits = [...], target, protocol = {...}
+    [datasets.N]   format, path, image_size or image_sizes = [...], ingest = {...}, split = {...},
+                   findings = [...], findings_by_init = {INIT = [...]}, inits = [...], target,
+                   protocol = {...}
     [inits.N]      nothing (a built-in or already registered name), pretrain = KIND with
                    file/dir/arch (registered through pretrain-load), or stage = {dataset, from,
                    seed, protocol} (fine-tuned in this study, its best checkpoint registered as N)
@@ -17,6 +18,12 @@ Sections::
     [statistics]   resamples, alpha, fdr_family (study | dataset), seed
     [report]       out, format (html | md)
     [executor.slurm] gpus, partition, time, account, cpus, mem_gb
+
+A dataset's ``image_sizes = [224, 512]`` (instead of ``image_size``) sweeps resolutions: the
+dataset is ingested once per size (the first size creates it, each other size adds a cache at
+that size to the same dataset), split once, and fine-tuned, scored and compared at each size
+(cell keys end in ``@SIZE``; runs at two sizes are never paired).  A list of one size is the
+same study as ``image_size``.  A stage init trained on such a dataset uses its first size.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES, Format
+from ..choices import DEFAULT_ALPHA, DEFAULT_RESAMPLES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, Format
 from ..errors import ConfigError
 from ..training.config import TrainConfig
 
@@ -64,7 +71,7 @@ class DatasetSpec:
     name: str
     format: str
     path: str
-    image_size: int
+    image_size: int  # the first of image_sizes: the size the dataset is created at
     ingest: dict[str, Any]
     split: SplitSpec
     findings: list[str] | None
@@ -72,6 +79,12 @@ class DatasetSpec:
     inits: list[str] | None  # None: every init of the study (an in-domain stage not on its own data)
     target: bool
     protocol: dict[str, Any]
+    image_sizes: list[int] = field(default_factory=list)  # every size swept; [image_size] for one
+
+    @property
+    def sweep_sizes(self) -> list[int | None]:
+        """The sizes its cells are planned at; [None] for one size (cells keyed and hashed as ever)."""
+        return list(self.image_sizes) if len(self.image_sizes) > 1 else [None]
 
 
 @dataclass(frozen=True)
@@ -264,7 +277,7 @@ def _split(value: Any, where: str) -> SplitSpec:
                      test=test, seed=_typed(t.get("seed", 0), int, f"{where}.seed"))
 
 
-_DATASET_KEYS = ("format", "path", "image_size", "ingest", "split", "findings", "findings_by_init", "inits",
+_DATASET_KEYS = ("format", "path", "image_size", "image_sizes", "ingest", "split", "findings", "findings_by_init", "inits",
                  "target", "protocol")
 
 
@@ -297,12 +310,39 @@ def _dataset(name: str, value: Any, folder: Path, check_paths: bool) -> DatasetS
     by_init = {k: _str_list(v, f"{where}.findings_by_init.{k}")
                for k, v in _table(t.get("findings_by_init", {}), f"{where}.findings_by_init").items()}
     inits = _str_list(t["inits"], f"{where}.inits") if "inits" in t else None
-    size = _typed(t.get("image_size", DEFAULT_IMAGE_SIZE), int, f"{where}.image_size")
-    return DatasetSpec(name=name, format=fmt, path=path, image_size=size, ingest=dict(ingest),
+    sizes = _image_sizes(t, where)
+    return DatasetSpec(name=name, format=fmt, path=path, image_size=sizes[0], image_sizes=sizes,
+                       ingest=dict(ingest),
                        split=_split(t.get("split", {}), f"{where}.split"), findings=findings,
                        findings_by_init=by_init, inits=inits,
                        target=_typed(t.get("target", True), bool, f"{where}.target"),
                        protocol=_protocol(t.get("protocol", {}), f"{where}.protocol"))
+
+
+def _image_sizes(t: dict[str, Any], where: str) -> list[int]:
+    """A dataset's sizes: ``image_size`` (one) or ``image_sizes`` (a list of different sizes)."""
+    if "image_size" in t and "image_sizes" in t:
+        raise StudyFileError(f"`{where}` has both image_size and image_sizes - keep `{where}.image_sizes` "
+                             f"to sweep several sizes, or `{where}.image_size` for one")
+    if "image_sizes" in t:
+        key = f"{where}.image_sizes"
+        items = _typed(t["image_sizes"], list, key)
+        if not items:
+            raise StudyFileError(f"`{key}` is empty - list one or more sizes in pixels, e.g. [224, 512]")
+        sizes = [_typed(x, int, f"{key}[{i}]") for i, x in enumerate(items)]
+        names = [f"{key}[{i}]" for i in range(len(sizes))]
+    else:
+        sizes = [_typed(t.get("image_size", DEFAULT_IMAGE_SIZE), int, f"{where}.image_size")]
+        names = [f"{where}.image_size"]
+    for size, key in zip(sizes, names):
+        if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+            raise StudyFileError(f"`{key}` must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, "
+                                 f"got {size}")
+    twice = sorted({x for x in sizes if sizes.count(x) > 1})
+    if twice:
+        raise StudyFileError(f"`{where}.image_sizes` lists {', '.join(map(str, twice))} more than once - "
+                             "list each size once")
+    return sizes
 
 
 def _init(name: str, value: Any, folder: Path, seeds: list[int], check_paths: bool) -> InitEntry:
@@ -445,7 +485,9 @@ def _check_train_configs(spec: StudySpec) -> None:
     for d in spec.datasets.values():
         for i in spec.inits:
             try:
-                spec.train_config(d.name, i, spec.seeds[0]).check()
+                for size in d.sweep_sizes:
+                    extra = {"image_size": size} if size is not None else None
+                    spec.train_config(d.name, i, spec.seeds[0], extra=extra).check()
             except TrainingError as exc:  # the training option, named as the study file's key
                 message = re.sub(r"`([A-Za-z_]+)`", r"`protocol.\1`", str(exc))
                 raise StudyFileError(f"{message} (fine-tuning {d.name} from {i})") from None
