@@ -23,7 +23,7 @@ from helpers import write_study_layouts
 from vitmed_cli.cli import app
 from vitmed_cli.datasets.findings import canonical_name
 from vitmed_cli.registry.db import open_registry
-from vitmed_cli.registry.models import MACRO, Comparison, ComparisonResult, Evaluation, Run, Study, StudyCell
+from vitmed_cli.registry.models import MACRO, Comparison, ComparisonResult, Evaluation, Run, Study
 from vitmed_cli.study import DemoSettings, demo_study_text, preset_text
 
 runner = CliRunner()
@@ -160,9 +160,35 @@ def _runs_per_hash(reg) -> dict[str, int]:
     return dict(rows)
 
 
-def test_local_run_completes_status_and_report_over_seeds(tmp_path):
-    f = _study_file(tmp_path)
+def test_killed_study_run_resumes_completes_and_reports_over_seeds(tmp_path):
+    """The demo study, two seeds, run locally: killed (with its cell's process) while a run is
+    mid-training, then run again - it finishes the matrix, resuming the killed run and training
+    nothing twice; status, plan and the report then show the whole study."""
+    f = _study_file(tmp_path, epochs=3)
     db = f"sqlite:///{tmp_path / 'registry.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "vitmed_cli", "--db", db, "study", "run", str(f)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    reg = open_registry(db)
+    killed = None
+    try:
+        while proc.poll() is None and killed is None:
+            time.sleep(0.05)
+            try:
+                with reg.session() as s:
+                    run = s.scalar(select(Run).where(Run.resume_path.is_not(None), Run.status == "running",
+                                                     Run.epochs_done < Run.epochs_planned))
+                    if run is not None:
+                        os.killpg(proc.pid, signal.SIGKILL)  # the study run and its cell's process
+                        killed = run.id
+            except Exception:  # the registry may not exist yet
+                continue
+        proc.wait()
+    finally:
+        reg.dispose()
+    assert killed is not None, "the study finished before it could be interrupted"
+    status = json.loads(_vitmed(db, "study", "status", str(f), "--json").stdout)
+    assert {c["state"] for c in status["cells"]} >= {"done", "pending"}
+
     proc = _vitmed(db, "study", "run", str(f), "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -184,6 +210,9 @@ def test_local_run_completes_status_and_report_over_seeds(tmp_path):
         counts = _runs_per_hash(reg)
         assert len(counts) == 5 and set(counts.values()) == {1}  # the source stage and 2 inits x 2 seeds
         with reg.session() as s:
+            run = s.get(Run, killed)
+            assert (run.status, run.epochs_done) == ("completed", 3)
+            assert len(run.config["resumes"]) == 1  # continued where it was killed, not started again
             study = s.scalar(select(Study).where(Study.name == "tiny"))
             assert len(study.cells) == 16 and {c.state for c in study.cells} == {"done"}
             evs = {(c.init, c.seed): s.get(Evaluation, c.evaluation_id) for c in study.cells if c.stage == "predict"}
@@ -228,44 +257,6 @@ def test_local_run_completes_status_and_report_over_seeds(tmp_path):
     reg = open_registry(db)
     try:
         assert _runs_per_hash(reg) == counts
-    finally:
-        reg.dispose()
-
-
-def test_killed_study_run_resumes_and_trains_nothing_twice(tmp_path):
-    f = _study_file(tmp_path, epochs=8, seeds=(0,))
-    db = f"sqlite:///{tmp_path / 'registry.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "vitmed_cli", "--db", db, "study", "run", str(f)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    reg = open_registry(db)
-    killed = None
-    try:
-        while proc.poll() is None and killed is None:
-            time.sleep(0.05)
-            try:
-                with reg.session() as s:
-                    run = s.scalar(select(Run).where(Run.resume_path.is_not(None), Run.status == "running",
-                                                     Run.epochs_done < Run.epochs_planned))
-                    if run is not None:
-                        os.killpg(proc.pid, signal.SIGKILL)  # the study run and its cell's process
-                        killed = run.id
-            except Exception:  # the registry may not exist yet
-                continue
-        proc.wait()
-        assert killed is not None, "the study finished before it could be interrupted"
-        status = json.loads(_vitmed(db, "study", "status", str(f), "--json").stdout)
-        assert {c["state"] for c in status["cells"]} >= {"done", "pending"}
-
-        again = _vitmed(db, "study", "run", str(f), "--json")
-        assert again.returncode == 0, again.stderr
-        assert json.loads(again.stdout)["n_done"] == 12
-        counts = _runs_per_hash(reg)
-        assert len(counts) == 3 and set(counts.values()) == {1}  # each cell's run trained once
-        with reg.session() as s:
-            run = s.get(Run, killed)
-            assert run.status == "completed" and run.epochs_done == 8
-            assert len(run.config["resumes"]) == 1  # continued where it was killed, not started again
-            assert s.scalar(select(func.count()).select_from(StudyCell).where(StudyCell.state != "done")) == 0
     finally:
         reg.dispose()
 
