@@ -335,9 +335,10 @@ def _tiny_study(tmp_path: Path, *, epochs: int) -> Path:
 def test_demo_study_through_slurm_resumes_after_scancel_and_trains_nothing_twice(tmp_path, pg_registry_url):
     """The issue's check: the demo study through --executor slurm on PostgreSQL.  Each job asks
     for every CPU of the node, so one runs and the next waits in Slurm's queue.  Mid-training one
-    fine-tuning job is cancelled with scancel and the study run itself is killed; study run again
-    completes the matrix - waiting for the job left in the queue rather than submitting its cell
-    again, resuming the cancelled run - and a third finds everything done."""
+    fine-tuning job is cancelled with scancel and the study run itself is killed, while the next
+    fine-tuning's job is held in the queue; study run again completes the matrix - waiting for the
+    job left in the queue rather than submitting its cell again, resuming the cancelled run - and a
+    third finds everything done."""
     need_slurm()
     node_cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
     f, db = _tiny_study(tmp_path, epochs=6), pg_registry_url
@@ -357,8 +358,11 @@ def test_demo_study_through_slurm_resumes_after_scancel_and_trains_nothing_twice
                 others = [c.job_id for c in s.scalars(select(StudyCell).where(StudyCell.job_id.is_not(None),
                                                                               StudyCell.stage == "finetune"))
                           if cell is not None and c.job_id != cell.job_id]
-                # cancel once another fine-tuning's job waits in the queue behind it (the node is taken)
-                if cell is not None and cell.job_id and "PENDING" in _queue_states(others):
+                # cancel once another fine-tuning's job waits in the queue behind it (the node is
+                # taken); that job is held, so it is still queued when the next study run looks
+                waiting = [j for j in others if _queue_states([j]) == {"PENDING"}]
+                if cell is not None and cell.job_id and waiting and subprocess.run(
+                        ["scontrol", "hold", *waiting], capture_output=True).returncode == 0:
                     subprocess.run(["scancel", cell.job_id], check=True)
                     os.killpg(proc.pid, signal.SIGKILL)  # the controller; its Slurm jobs stay
                     cancelled = (run.id, cell.key, cell.job_id)
@@ -368,10 +372,17 @@ def test_demo_study_through_slurm_resumes_after_scancel_and_trains_nothing_twice
         # Slurm's word for it, read without sacct, once the job has stopped its command
         assert watch(SlurmExecutor(SlurmOptions(), tmp_path / "jobs"), job)[-1] == "cancelled"
 
-        again = subprocess.run(cmd, capture_output=True, text=True)
-        assert again.returncode == 0, again.stderr
-        assert (json.loads(again.stdout)["n_done"], json.loads(again.stdout)["failed"]) == (12, {})
-        assert "still in the queue - waiting for it" in again.stderr
+        again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        said = []
+        for line in again.stderr:  # the held job is waited for, not submitted again; then let go
+            said.append(line)
+            if "still in the queue - waiting for it" in line:
+                subprocess.run(["scontrol", "release", *waiting], check=True)
+                break
+        out, err = again.communicate()
+        assert again.returncode == 0, "".join(said) + err
+        assert any("still in the queue - waiting for it" in line for line in said), said
+        assert (json.loads(out)["n_done"], json.loads(out)["failed"]) == (12, {})
         third = subprocess.run(cmd, capture_output=True, text=True)
         assert (json.loads(third.stdout)["n_done"], json.loads(third.stdout)["executed"]) == (12, [])
         with reg.session() as s:
