@@ -305,23 +305,43 @@ def test_cells_are_registry_rows_and_a_changed_file_replans_only_what_it_changes
     assert run_cell(any_registry, changed, "split/demo-source").state == "done"
 
 
+FAILING_STUDY = """
+[study]
+name = "failing"
+seeds = [0]
+
+[protocol]
+image_size = 32
+epochs = 1
+arch = "vit_tiny_patch16_224"
+model_kwargs = { patch_size = 8, embed_dim = 32, depth = 1, num_heads = 2 }
+
+[datasets.target]
+format = "synthetic"
+path = "data/target"
+image_size = 32
+ingest = { n_images = 120, seed = 1, flavour = "target" }
+split = { policy = "random", name = "demo", val = 0.2, test = 0.3, seed = 0 }
+findings = ["Hernia"]      # a finding the target does not have: its fine-tunings cannot start
+
+[inits.random]
+"""
+
+
 def test_a_failing_cell_is_tried_twice_then_reported_and_blocks_what_needs_it(tmp_path):
-    f = _study_file(tmp_path, seeds=(0,))
-    # a finding the target does not have: its fine-tunings cannot start
-    f.write_text(f.read_text().replace("[datasets.demo-target]\n", "[datasets.demo-target]\nfindings = [\"Hernia\"]\n"))
+    f = tmp_path / "failing.toml"
+    f.write_text(FAILING_STUDY)
     db = f"sqlite:///{tmp_path / 'registry.db'}"
     result = runner.invoke(app, ["--db", db, "study", "run", str(f), "--executor", "local"])
     assert result.exit_code == 1
     failed = [line for line in result.stderr.splitlines() if line.startswith("failed: ")]
-    assert [line.split(":")[1].strip() for line in failed] == [
-        "finetune/demo-target/random/0", "finetune/demo-target/demo-source-supervised/0"]
+    assert [line.split(":")[1].strip() for line in failed] == ["finetune/target/random/0"]
     status = json.loads(runner.invoke(app, ["--db", db, "study", "status", str(f), "--json"]).stdout)
     by_key = {c["key"]: c for c in status["cells"]}
-    assert by_key["finetune/demo-source-supervised"]["state"] == "done"  # the source stage is unaffected
-    for key in ("finetune/demo-target/random/0", "finetune/demo-target/demo-source-supervised/0"):
-        assert by_key[key]["state"] == "failed" and by_key[key]["attempts"] == 2
-        assert "Hernia" in by_key[key]["error"]
-    assert by_key["predict/demo-target/random/0"]["state"] == "pending"
+    assert by_key["ingest/target"]["state"] == by_key["split/target"]["state"] == "done"  # unaffected
+    cell = by_key["finetune/target/random/0"]
+    assert cell["state"] == "failed" and cell["attempts"] == 2 and "Hernia" in cell["error"]
+    assert by_key["predict/target/random/0"]["state"] == "pending"  # what needs it waits
     assert by_key["report"]["state"] == "pending"
 
 
