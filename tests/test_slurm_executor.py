@@ -400,3 +400,39 @@ def test_demo_study_through_slurm_resumes_after_scancel_and_trains_nothing_twice
             assert attempts == {k: 2 if k in twice else 1 for k in cells}, attempts
     finally:
         reg.dispose()
+
+
+def test_study_status_reads_the_cells_slurm_jobs(tmp_path, pg_registry_url, make_registry):
+    """study status asks Slurm about a cell's job: held in the queue, the cell is running (job
+    state pending); cancelled, the cell is pending again for the next study run, the job named."""
+    need_slurm()
+    from typer.testing import CliRunner
+
+    from vitmed_cli.cli import app
+    from vitmed_cli.study import sync_study
+
+    f = _tiny_study(tmp_path, epochs=1)
+    reg = make_registry(pg_registry_url)
+    sync_study(reg, load_study(f))
+    (reg.workspace.home / "slurm-jobs").mkdir(parents=True, exist_ok=True)  # a Slurm study ran from here
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap", "sleep 30"],
+                          capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    key = "finetune/demo-target/random/0"
+    try:
+        with reg.session() as s:
+            s.scalar(select(StudyCell).where(StudyCell.key == key)).job_id = held
+
+        def status() -> dict:
+            res = CliRunner().invoke(app, ["--db", pg_registry_url, "study", "status", str(f), "--json"])
+            assert res.exit_code == 0, res.output
+            return {c["key"]: c for c in json.loads(res.stdout)["cells"]}
+
+        cells = status()
+        assert (cells[key]["state"], cells[key]["job_id"], cells[key]["job_state"]) == ("running", held, "pending")
+        assert cells["predict/demo-target/random/0"]["job_state"] is None  # no job: the registry alone
+        subprocess.run(["scancel", held], check=True)
+        cells = status()
+        assert (cells[key]["state"], cells[key]["job_state"]) == ("pending", "cancelled")
+        assert cells[key]["error"] == f"job {held} cancelled - study run resumes the cell"
+    finally:
+        subprocess.run(["scancel", held], capture_output=True)

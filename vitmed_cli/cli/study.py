@@ -78,16 +78,22 @@ def plan(ctx: typer.Context, file: FileArg, json_out: JsonOpt = False) -> None:
 def status(ctx: typer.Context, file: FileArg, json_out: JsonOpt = False) -> None:
     """Show each cell's state (done, running, failed with its error, pending) and its ids.
 
+    With a PostgreSQL registry on a machine where Slurm's squeue answers, the cells' Slurm jobs
+    are asked too (job_state): a job waiting in the queue or running makes its cell running; a
+    cancelled one leaves it pending, for the next study run to resume.
+
     Example: vitmed study status study.toml --json
     """
-    from ..study import study_status
+    from ..study import status_executor, study_status
 
     spec = _spec(file, check_paths=False)
-    result = study_status(state(ctx).registry(write=False), spec)
+    registry = state(ctx).registry(write=False)
+    result = study_status(registry, spec, executor=status_executor(registry))
     if want_json(ctx, json_out):
         print_json(result)
         return
-    print_table(result["cells"], ["key", "state", "run_id", "evaluation_id", "comparison_id", "error"],
+    print_table(result["cells"], ["key", "state", "job_id", "job_state", "run_id", "evaluation_id", "comparison_id",
+                                  "error"],
                 title=f"study {spec.name}: " + ", ".join(f"{n} {k}" for k, n in sorted(result["counts"].items())))
 
 

@@ -48,6 +48,7 @@ class CellState:
     attempts: int = 0
     job_id: str | None = None
     resumable: bool = False  # an interrupted run of this cell exists; the next attempt resumes it
+    job_state: str | None = None  # its job as the executor tells it (study status with an executor)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,13 +46,48 @@ class StudyRunResult:
         return asdict(self)
 
 
-def study_status(registry: Registry, spec: StudySpec) -> dict[str, Any]:
-    """``{"study": NAME, "cells": [{stage, dataset, init, seed, state, run_id, evaluation_id, ...}]}``."""
+def study_status(registry: Registry, spec: StudySpec, executor: Executor | None = None) -> dict[str, Any]:
+    """``{"study": NAME, "cells": [{stage, dataset, init, seed, state, run_id, evaluation_id, ...}]}``.
+
+    With ``executor``, a cell not done whose job the executor still knows gets that job's state
+    as ``job_state``: a job waiting in the queue or running makes the cell ``running``; a
+    cancelled or failed job leaves it ``pending`` (the next ``study run`` resumes it), with the
+    job named in ``error``."""
     states = cell_states(registry, spec)
+    if executor is not None:
+        for st in states:
+            if st.job_id and st.state != "done":
+                _with_job_state(st, executor.state(st.job_id))
     counts: dict[str, int] = {}
     for st in states:
         counts[st.state] = counts.get(st.state, 0) + 1
     return {"study": spec.name, "file": spec.file, "counts": counts, "cells": [st.to_dict() for st in states]}
+
+
+def _with_job_state(st: Any, job_state: str) -> None:
+    if job_state == "unknown":
+        return  # not a job of this executor, or its scheduler did not answer
+    st.job_state = job_state
+    if job_state in ("pending", "running"):
+        st.state = "running"
+    elif job_state in ("cancelled", "failed") and st.state in ("running", "pending"):
+        st.state = "pending"
+        st.error = st.error or f"job {st.job_id} {job_state} - study run resumes the cell"
+
+
+def status_executor(registry: Registry) -> Executor | None:
+    """The executor whose jobs ``study status`` asks about: Slurm where a Slurm study ran from
+    this workspace (its ``slurm-jobs`` folder), ``squeue`` is on the PATH and the registry is one
+    Slurm jobs can share (PostgreSQL); otherwise none (a local study run's processes are seen
+    through the registry)."""
+    import shutil
+
+    if registry.is_sqlite or shutil.which("squeue") is None or not (registry.workspace.home / "slurm-jobs").is_dir():
+        return None  # no Slurm study ran from this workspace
+    try:
+        return create_executor("slurm", registry)
+    except (ConfigError, OSError):
+        return None  # submitit is not installed, or its folder is not this user's: the registry alone
 
 
 def study_plan(registry: Registry | None, spec: StudySpec) -> dict[str, Any]:
@@ -242,5 +277,5 @@ def write_preset(name: str, out: Path, *, force: bool = False) -> Path:
     return out
 
 
-__all__ = ["EXECUTORS", "SQLITE_ON_SLURM", "StudyRunResult", "create_executor", "run_study", "study_plan",
-           "study_status", "write_preset"]
+__all__ = ["EXECUTORS", "SQLITE_ON_SLURM", "StudyRunResult", "create_executor", "run_study", "status_executor",
+           "study_plan", "study_status", "write_preset"]
