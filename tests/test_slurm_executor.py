@@ -414,13 +414,15 @@ def test_study_status_reads_the_cells_slurm_jobs(tmp_path, pg_registry_url, make
     f = _tiny_study(tmp_path, epochs=1)
     reg = make_registry(pg_registry_url)
     sync_study(reg, load_study(f))
-    (reg.workspace.home / "slurm-jobs").mkdir(parents=True, exist_ok=True)  # a Slurm study ran from here
     held = subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null", "--wrap", "sleep 30"],
                           capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    (reg.workspace.home / "slurm-jobs" / held).mkdir(parents=True)  # the job's folder, as submitit makes it
     key = "finetune/demo-target/random/0"
     try:
         with reg.session() as s:
             s.scalar(select(StudyCell).where(StudyCell.key == key)).job_id = held
+            # a local study run's process id is no Slurm job of this study: not asked about
+            s.scalar(select(StudyCell).where(StudyCell.key == "ingest/demo-target")).job_id = str(os.getpid())
 
         def status() -> dict:
             res = CliRunner().invoke(app, ["--db", pg_registry_url, "study", "status", str(f), "--json"])
@@ -430,6 +432,7 @@ def test_study_status_reads_the_cells_slurm_jobs(tmp_path, pg_registry_url, make
         cells = status()
         assert (cells[key]["state"], cells[key]["job_id"], cells[key]["job_state"]) == ("running", held, "pending")
         assert cells["predict/demo-target/random/0"]["job_state"] is None  # no job: the registry alone
+        assert (cells["ingest/demo-target"]["state"], cells["ingest/demo-target"]["job_state"]) == ("pending", None)
         subprocess.run(["scancel", held], check=True)
         cells = status()
         assert (cells[key]["state"], cells[key]["job_state"]) == ("pending", "cancelled")

@@ -23,8 +23,8 @@ from helpers import write_study_layouts
 from vitmed_cli.cli import app
 from vitmed_cli.datasets.findings import canonical_name
 from vitmed_cli.registry.db import open_registry
-from vitmed_cli.registry.models import MACRO, Comparison, ComparisonResult, Evaluation, Run, Study
-from vitmed_cli.study import DemoSettings, demo_study_text, preset_text
+from vitmed_cli.registry.models import MACRO, Comparison, ComparisonResult, Evaluation, Run, Study, StudyCell
+from vitmed_cli.study import DemoSettings, demo_study_text, load_study, preset_text
 
 runner = CliRunner()
 PROTOCOL_FILE = Path(__file__).parent / "data" / "tayebi2024-protocol.md"
@@ -345,6 +345,46 @@ def test_a_failing_cell_is_tried_twice_then_reported_and_blocks_what_needs_it(tm
     assert by_key["report"]["state"] == "pending"
 
 
+class _Jobs:
+    """A scheduler's answers, as study status reads them (``states(job_ids)``)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.asked = answers, []
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        self.asked.append(list(job_ids))
+        return {j: self.answers[j] for j in job_ids if j in self.answers}
+
+
+def test_status_gives_a_cell_its_jobs_state(make_registry, tmp_path):
+    from vitmed_cli.study import study_status, sync_study
+
+    f = _study_file(tmp_path, seeds=(0,))
+    spec = load_study(f)
+    reg = make_registry()
+    sync_study(reg, spec)
+    jobs = {"finetune/demo-target/random/0": "11", "predict/demo-target/random/0": "11",
+            "finetune/demo-source-supervised": "12", "ingest/demo-target": "13", "split/demo-target": "14"}
+    with reg.session() as s:
+        for row in s.scalars(select(StudyCell).where(StudyCell.key.in_(jobs))):
+            row.job_id = jobs[row.key]
+        s.scalar(select(StudyCell).where(StudyCell.key == "split/demo-target")).state = "done"
+    fake = _Jobs({"11": "pending", "12": "cancelled", "13": "unknown", "14": "failed"})
+    cells = {c["key"]: c for c in study_status(reg, spec, jobs=fake)["cells"]}
+    assert sorted(fake.asked[0]) == ["11", "11", "12", "13"]  # done cells are not asked about
+    for key in ("finetune/demo-target/random/0", "predict/demo-target/random/0"):  # queued: in progress
+        assert (cells[key]["state"], cells[key]["job_state"]) == ("running", "pending")
+    stage = cells["finetune/demo-source-supervised"]
+    assert (stage["state"], stage["job_state"], stage["error"]) == (
+        "pending", "cancelled", "job 12 cancelled - study run resumes the cell")
+    assert (cells["ingest/demo-target"]["state"], cells["ingest/demo-target"]["job_state"]) == ("pending", None)
+    assert (cells["split/demo-target"]["state"], cells["split/demo-target"]["job_state"]) == ("done", None)
+    # on SQLite no scheduler is asked: the registry alone answers
+    alone = {c["key"]: c for c in study_status(reg, spec)["cells"]}
+    assert all(c["job_state"] is None for c in alone.values())
+    assert alone["finetune/demo-target/random/0"]["state"] == "pending"
+
+
 # --------------------------------------------------------------------------- resolution sweeps
 
 def _plan(text: str):
@@ -397,6 +437,12 @@ def test_a_one_size_study_keeps_its_cell_keys_and_hashes():
         "3a554b97ee4f3535ca20b3c160040faaae5e03d4642730b8517d5f92cd19eea3",
         "943f4b9acb7ffe0eca5a4553494ac066d8b4eda9e09aacd844b9ab46ae553a17",
         "3bf9c3977287748010e41c6a3b46c0b1333bbfca47bba361e28d03bb9a5ae883"]
+    # ... and of the source stage, the init it registers and the report (every target cell's hash
+    # builds on the register cell's)
+    assert [hashes[k] for k in ("finetune/demo-source-supervised", "register/demo-source-supervised", "report")] == [
+        "79274f804f81602342100ed2e3de8d36fae5666d6b1609c00679a80a2cd94b3a",
+        "dfd2cf028740a0c2814035766d07baf4f67e876b57bd6efb2fefd723fd8de997",
+        "557d8db17939dcfe33b95e0f16d58d249890b0e360cb58bc2848295368b22b74"]
     for key, h in _demo_plan_formula(spec).items():
         assert hashes[key] == h, key
     assert all(c.image_size is None for c in plan)
@@ -443,9 +489,39 @@ def test_a_sweep_plans_one_ingest_per_size_one_split_and_cells_per_size():
     assert cells["finetune/demo-target/random/0@48"].hash != one["finetune/demo-target/random/0"]
 
     # a stage trained on a swept dataset stays at its first size
-    staged = {c.key: c for c in _plan(_sweep_text("[32, 48]", source_sizes="[48, 32]"))}
+    staged_text = _sweep_text("[32, 48]", source_sizes="[48, 32]").replace(
+        "target = false             # only the source of the in-domain init\n", "")
+    staged = {c.key: c for c in _plan(staged_text)}
     assert staged["finetune/demo-source-supervised"].params["train"]["image_size"] == 48
     assert staged["ingest/demo-source@32"].deps == ["ingest/demo-source"]
+
+
+def test_adding_sizes_to_a_dataset_keeps_the_runs_of_its_first_size():
+    """Without image_size in the protocol a run trains at its dataset's (first) size: sweeping the
+    dataset later must not change the hashes of what the one-size study already trained - the
+    target's fine-tunings, nor a stage's, nor the inits it registers and the runs made from them."""
+    def without_protocol_size(text: str) -> str:
+        return text.replace("[protocol]\nimage_size = 32\n", "[protocol]\n")
+
+    one = {c.key: c for c in _plan(without_protocol_size(_sweep_text("[32]")))}
+    swept_text = without_protocol_size(_sweep_text("[32, 48]", source_sizes="[32, 48]")).replace(
+        "target = false             # only the source of the in-domain init\n", "")
+    one_source = {c.key: c for c in _plan(without_protocol_size(_sweep_text("[32]")).replace(
+        "target = false             # only the source of the in-domain init\n", ""))}
+    swept = {c.key: c for c in _plan(swept_text)}
+    assert "[protocol]\nimage_size" not in swept_text
+    for key in ("finetune/demo-target/random/0", "finetune/demo-target/demo-source-supervised/0"):
+        assert swept[key + "@32"].hash == one[key].hash
+        assert swept[key + "@32"].params["train"]["image_size"] is None  # the dataset's size, as before
+        assert swept[key + "@48"].params["train"]["image_size"] == 48
+    for key in ("finetune/demo-source-supervised", "register/demo-source-supervised"):
+        assert swept[key].hash == one_source[key].hash
+
+
+def test_a_dataset_only_a_stage_trains_on_is_not_swept(tmp_path):
+    assert _plan_error(tmp_path, _sweep_text("[32]", source_sizes="[32, 48]")) == (
+        "Error: `datasets.demo-source.image_sizes` sweeps a dataset with target = false - a stage trains only at "
+        "one size, so give `datasets.demo-source.image_size` (the stage's size)")
 
 
 def test_image_sizes_errors_name_the_key(tmp_path):

@@ -80,15 +80,14 @@ def status(ctx: typer.Context, file: FileArg, json_out: JsonOpt = False) -> None
 
     With a PostgreSQL registry on a machine where Slurm's squeue answers, the cells' Slurm jobs
     are asked too (job_state): a job waiting in the queue or running makes its cell running; a
-    cancelled one leaves it pending, for the next study run to resume.
+    cancelled or failed one leaves it pending, for the next study run to resume.
 
     Example: vitmed study status study.toml --json
     """
-    from ..study import status_executor, study_status
+    from ..study import study_status
 
     spec = _spec(file, check_paths=False)
-    registry = state(ctx).registry(write=False)
-    result = study_status(registry, spec, executor=status_executor(registry))
+    result = study_status(state(ctx).registry(write=False), spec)
     if want_json(ctx, json_out):
         print_json(result)
         return

@@ -101,6 +101,16 @@ def build_plan(spec: StudySpec) -> list[Cell]:
     init_hash: dict[str, str] = {}
     init_dep: dict[str, list[str]] = {}
 
+    def sized_config(dataset: str, init: str, seed: int, size: int | None, protocol: dict[str, Any] | None = None):
+        """The fine-tuning's TrainConfig at ``size``.  The size is written into it only where the
+        configuration would not already train at that size (a run without ``image_size`` trains at
+        the dataset's first size), so adding sizes to a dataset keeps the hashes - and the done
+        runs - of the size it already had."""
+        base = spec.train_config(dataset, init, seed, extra=protocol)
+        if size is None or (base.image_size or spec.datasets[dataset].image_size) == size:
+            return base
+        return spec.train_config(dataset, init, seed, extra={"image_size": size, **(protocol or {})})
+
     def resolve_init(name: str, seen: tuple[str, ...] = ()) -> None:
         if name in init_hash:
             return
@@ -124,8 +134,8 @@ def build_plan(spec: StudySpec) -> list[Cell]:
         resolve_init(st.from_init, seen + (name,))
         sizes = spec.datasets[st.dataset].sweep_sizes
         # a stage on a dataset swept over sizes trains at its first size (unless its protocol says)
-        extra = st.protocol if sizes == [None] else {"image_size": sizes[0], **st.protocol}
-        cfg = spec.train_config(st.dataset, st.from_init, st.seed, extra=extra)
+        first = None if "image_size" in st.protocol else sizes[0]
+        cfg = sized_config(st.dataset, st.from_init, st.seed, first, st.protocol)
         h = config_hash({"train": train_payload(cfg), "split": split_hash[st.dataset],
                          "init": init_hash[st.from_init]})
         ft = add(Cell(f"finetune/{name}", "finetune", "init-stage", dataset=st.dataset, init=st.from_init,
@@ -144,10 +154,9 @@ def build_plan(spec: StudySpec) -> list[Cell]:
         if not d.target:
             continue
         for size in d.sweep_sizes:
-            extra = {"image_size": size} if size is not None else None
             for init in target_inits(spec, d.name):
                 for seed in spec.seeds:
-                    cfg = spec.train_config(d.name, init, seed, extra=extra)
+                    cfg = sized_config(d.name, init, seed, size)
                     h = config_hash({"train": train_payload(cfg), "split": split_hash[d.name],
                                      "init": init_hash[init]})
                     deps = [f"split/{d.name}", *size_deps.get((d.name, size), []), *init_dep[init]]

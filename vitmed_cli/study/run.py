@@ -46,18 +46,22 @@ class StudyRunResult:
         return asdict(self)
 
 
-def study_status(registry: Registry, spec: StudySpec, executor: Executor | None = None) -> dict[str, Any]:
+def study_status(registry: Registry, spec: StudySpec, jobs: Any = None) -> dict[str, Any]:
     """``{"study": NAME, "cells": [{stage, dataset, init, seed, state, run_id, evaluation_id, ...}]}``.
 
-    With ``executor``, a cell not done whose job the executor still knows gets that job's state
-    as ``job_state``: a job waiting in the queue or running makes the cell ``running``; a
-    cancelled or failed job leaves it ``pending`` (the next ``study run`` resumes it), with the
-    job named in ``error``."""
+    A cell not done whose job the scheduler still knows gets that job's state as ``job_state``:
+    a job waiting in the queue or running makes the cell ``running``; a cancelled or failed one
+    leaves it ``pending`` (the next ``study run`` resumes it), with the job named in ``error``.
+    ``jobs`` (an object whose ``states(job_ids)`` maps ids to states) defaults to the study's
+    Slurm jobs where :func:`slurm_job_states` finds them; a local study run's processes are seen
+    through the registry."""
     states = cell_states(registry, spec)
-    if executor is not None:
+    jobs = jobs if jobs is not None else slurm_job_states(registry)
+    if jobs is not None:
+        known = jobs.states([st.job_id for st in states if st.job_id and st.state != "done"])
         for st in states:
-            if st.job_id and st.state != "done":
-                _with_job_state(st, executor.state(st.job_id))
+            if st.job_id in known and st.state != "done":
+                _with_job_state(st, known[st.job_id])
     counts: dict[str, int] = {}
     for st in states:
         counts[st.state] = counts.get(st.state, 0) + 1
@@ -66,7 +70,7 @@ def study_status(registry: Registry, spec: StudySpec, executor: Executor | None 
 
 def _with_job_state(st: Any, job_state: str) -> None:
     if job_state == "unknown":
-        return  # not a job of this executor, or its scheduler did not answer
+        return  # the scheduler did not answer, or the job left nothing behind
     st.job_state = job_state
     if job_state in ("pending", "running"):
         st.state = "running"
@@ -75,19 +79,20 @@ def _with_job_state(st: Any, job_state: str) -> None:
         st.error = st.error or f"job {st.job_id} {job_state} - study run resumes the cell"
 
 
-def status_executor(registry: Registry) -> Executor | None:
-    """The executor whose jobs ``study status`` asks about: Slurm where a Slurm study ran from
-    this workspace (its ``slurm-jobs`` folder), ``squeue`` is on the PATH and the registry is one
-    Slurm jobs can share (PostgreSQL); otherwise none (a local study run's processes are seen
-    through the registry)."""
+def slurm_job_states(registry: Registry) -> Any:
+    """A reader of this workspace's Slurm jobs (:class:`~vitmed_cli.study.slurm.SlurmJobStates`)
+    where a Slurm study ran from it (its ``slurm-jobs`` folder), ``squeue`` is on the PATH and the
+    registry is one Slurm jobs can share (PostgreSQL); otherwise None."""
     import shutil
 
-    if registry.is_sqlite or shutil.which("squeue") is None or not (registry.workspace.home / "slurm-jobs").is_dir():
-        return None  # no Slurm study ran from this workspace
+    folder = registry.workspace.home / "slurm-jobs"
+    if registry.is_sqlite or shutil.which("squeue") is None or not folder.is_dir():
+        return None
     try:
-        return create_executor("slurm", registry)
-    except (ConfigError, OSError):
-        return None  # submitit is not installed, or its folder is not this user's: the registry alone
+        from .slurm import SlurmJobStates
+    except ImportError:
+        return None  # submitit is not installed: no Slurm study ran from here
+    return SlurmJobStates(folder)
 
 
 def study_plan(registry: Registry | None, spec: StudySpec) -> dict[str, Any]:
@@ -277,5 +282,5 @@ def write_preset(name: str, out: Path, *, force: bool = False) -> Path:
     return out
 
 
-__all__ = ["EXECUTORS", "SQLITE_ON_SLURM", "StudyRunResult", "create_executor", "run_study", "status_executor",
+__all__ = ["EXECUTORS", "SQLITE_ON_SLURM", "StudyRunResult", "create_executor", "run_study", "slurm_job_states",
            "study_plan", "study_status", "write_preset"]

@@ -348,6 +348,42 @@ class SlurmExecutor:
             _remember(self._job_folder, job_id, "cancelled")
 
 
+class SlurmJobStates:
+    """The states of a study's Slurm jobs, as ``study status`` reads them: one ``squeue`` call for
+    all of them, then the job folders for those Slurm has forgotten.  Only ids with a job folder
+    under ``folder`` are asked about (an id from another executor - a local process id - is not a
+    Slurm job of this study), and nothing is written: no folder made or chmod-ed, no state
+    remembered, so it works on a workspace the user can only read."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._job_folder = self.folder / "%j"
+
+    def states(self, job_ids: list[str]) -> dict[str, str]:
+        ours = [j for j in dict.fromkeys(map(str, job_ids))
+                if re.fullmatch(r"\d+(_\d+)?", j) and (self.folder / j).is_dir()]
+        if not ours:
+            return {}
+        proc = _run(["squeue", "-h", "-t", "all", "-j", ",".join(ours), "-o", "%i %T"])
+        queued: dict[str, str] = {}
+        if proc.returncode == 0:
+            for line in proc.stdout.splitlines():
+                parts = line.split()
+                if len(parts) == 2:
+                    queued[parts[0]] = SLURM_STATES.get(parts[1].upper(), "unknown")
+        answered = proc.returncode == 0 or "invalid job id" in proc.stderr.lower()
+        out = {}
+        for j in ours:
+            if j in queued:
+                out[j] = queued[j]
+                continue
+            state = state_from_files(self._job_folder, j)
+            if state == "cancelled" and not answered and not _paths(self._job_folder, j)["state"].is_file():
+                state = "unknown"  # squeue did not answer: the job may still be queued
+            out[j] = state
+        return out
+
+
 class SubmititLocalExecutor:
     """The same jobs as :class:`SlurmExecutor` through submitit's LocalExecutor: real
     subprocesses on this machine, for machines without Slurm.  Job ids read ``PID-TOKEN``;

@@ -311,11 +311,15 @@ def _dataset(name: str, value: Any, folder: Path, check_paths: bool) -> DatasetS
                for k, v in _table(t.get("findings_by_init", {}), f"{where}.findings_by_init").items()}
     inits = _str_list(t["inits"], f"{where}.inits") if "inits" in t else None
     sizes = _image_sizes(t, where)
+    target = _typed(t.get("target", True), bool, f"{where}.target")
+    if len(sizes) > 1 and not target:
+        raise StudyFileError(f"`{where}.image_sizes` sweeps a dataset with target = false - a stage trains "
+                             f"only at one size, so give `{where}.image_size` (the stage's size)")
     return DatasetSpec(name=name, format=fmt, path=path, image_size=sizes[0], image_sizes=sizes,
                        ingest=dict(ingest),
                        split=_split(t.get("split", {}), f"{where}.split"), findings=findings,
                        findings_by_init=by_init, inits=inits,
-                       target=_typed(t.get("target", True), bool, f"{where}.target"),
+                       target=target,
                        protocol=_protocol(t.get("protocol", {}), f"{where}.protocol"))
 
 
