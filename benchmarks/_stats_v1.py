@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from vitmed_cli.errors import StatsError
-from vitmed_cli.stats import _CHUNK, _index_blocks
+from vitmed_cli.stats.bootstrap import _CHUNK, _index_blocks
 
 
 def _counts_t(idx: np.ndarray, n: int) -> np.ndarray:

@@ -35,6 +35,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from vitmed_cli import stats
+from vitmed_cli.stats import bootstrap as stats_bootstrap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _stats_v1  # noqa: E402  (the previous engine, kept for this comparison)
@@ -94,7 +95,7 @@ def main() -> None:
     _, t_delong, _ = _timed(lambda: stats.delong_test(y, a, b))
     nb = min(args.baseline_resamples, B)
     per_res, sk, idx = _sklearn_per_resample(y, [a, b], nb)
-    fast = stats._bootstrap_aucs(y, [a, b], nb, 0, idx)
+    fast = stats_bootstrap._bootstrap_aucs(y, [a, b], nb, 0, idx)
     err = float(np.abs(fast - sk).max())
     print(f"\n1. data: {n} images x {k} findings x 2 models, {B} resamples")
     print(f"paired bootstrap (vitmed):       {t_boot:8.3f} s   (target <= 3 s)")
@@ -105,7 +106,7 @@ def main() -> None:
     print(f"macro diff {res.macro.diff:+.4f} [{res.macro.ci_low:+.4f}, {res.macro.ci_high:+.4f}], p = {res.macro.p_value:.4f}")
 
     # 2. 10,000 resamples: this engine, the previous one, the sklearn loop
-    new, t_new, c_new = _timed(lambda: stats._bootstrap_aucs(y, [a, b], BB, 0, None))
+    new, t_new, c_new = _timed(lambda: stats_bootstrap._bootstrap_aucs(y, [a, b], BB, 0, None))
     nold = args.old_resamples or BB
     old, t_old, c_old = _timed(lambda: _stats_v1._bootstrap_aucs(y, [a, b], nold, 0, None))
     scale = BB / nold
