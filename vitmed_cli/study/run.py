@@ -79,13 +79,18 @@ def _with_job_state(st: Any, job_state: str) -> None:
         st.error = st.error or f"job {st.job_id} {job_state} - study run resumes the cell"
 
 
+def slurm_jobs_folder(registry: Registry) -> Path:
+    """Where a workspace's Slurm jobs keep submitit's files, one folder per job."""
+    return registry.workspace.home / "slurm-jobs"
+
+
 def slurm_job_states(registry: Registry) -> Any:
     """A reader of this workspace's Slurm jobs (:class:`~vitmed_cli.study.slurm.SlurmJobStates`)
     where a Slurm study ran from it (its ``slurm-jobs`` folder), ``squeue`` is on the PATH and the
     registry is one Slurm jobs can share (PostgreSQL); otherwise None."""
     import shutil
 
-    folder = registry.workspace.home / "slurm-jobs"
+    folder = slurm_jobs_folder(registry)
     if registry.is_sqlite or shutil.which("squeue") is None or not folder.is_dir():
         return None
     try:
@@ -133,7 +138,7 @@ def create_executor(name: str, registry: Registry, *, slurm: SlurmOptions | None
         options = slurm_module.SlurmOptions(**{k: v for k, v in given.items() if v is not None})
         # submitit's job files (one folder per job) next to the registry's other files: the
         # workspace must be on a file system the compute nodes share.
-        return slurm_module.SlurmExecutor(options, registry.workspace.home / "slurm-jobs")
+        return slurm_module.SlurmExecutor(options, slurm_jobs_folder(registry))
     raise ConfigError(f"`executor` must be one of {', '.join(EXECUTORS)}, got {name!r}")
 
 

@@ -263,6 +263,20 @@ def state_from_files(folder: Path, job_id: str) -> str:
     return "unknown"
 
 
+def _squeue_answered(proc: subprocess.CompletedProcess) -> bool:
+    """squeue ran and answered (an id it no longer knows is an answer too)."""
+    return proc.returncode == 0 or "invalid job id" in proc.stderr.lower()
+
+
+def _left_queue_state(job_folder: Path, job_id: str, answered: bool) -> str:
+    """A job squeue did not list: its state from its folder, or unknown where squeue did not
+    answer and the folder cannot tell a cancelled job from one still queued."""
+    state = state_from_files(job_folder, job_id)
+    if state == "cancelled" and not answered and not _paths(job_folder, job_id)["state"].is_file():
+        return "unknown"
+    return state
+
+
 def _private_folder(folder: str | Path) -> Path:
     """The jobs' folder, readable by this user alone: a job's pickle holds its environment,
     the registry URL with its password among it."""
@@ -331,11 +345,7 @@ class SlurmExecutor:
             if state in _FINAL:
                 _remember(self._job_folder, job_id, state)
             return state
-        known_gone = proc.returncode == 0 or "invalid job id" in proc.stderr.lower()
-        state = state_from_files(self._job_folder, job_id)
-        if state == "cancelled" and not known_gone and not _paths(self._job_folder, job_id)["state"].is_file():
-            return "unknown"  # squeue did not answer: the job may still be queued
-        return state
+        return _left_queue_state(self._job_folder, job_id, _squeue_answered(proc))
 
     def cancel(self, job_id: str) -> None:
         job_id = str(job_id)
@@ -371,17 +381,8 @@ class SlurmJobStates:
                 parts = line.split()
                 if len(parts) == 2:
                     queued[parts[0]] = SLURM_STATES.get(parts[1].upper(), "unknown")
-        answered = proc.returncode == 0 or "invalid job id" in proc.stderr.lower()
-        out = {}
-        for j in ours:
-            if j in queued:
-                out[j] = queued[j]
-                continue
-            state = state_from_files(self._job_folder, j)
-            if state == "cancelled" and not answered and not _paths(self._job_folder, j)["state"].is_file():
-                state = "unknown"  # squeue did not answer: the job may still be queued
-            out[j] = state
-        return out
+        answered = _squeue_answered(proc)
+        return {j: queued[j] if j in queued else _left_queue_state(self._job_folder, j, answered) for j in ours}
 
 
 class SubmititLocalExecutor:
