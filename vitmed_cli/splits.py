@@ -12,7 +12,7 @@ patients is served first, each of its patients goes to the part that still
 lacks most positives of that finding (ties: the part that lacks most images,
 then the seeded generator).  Patients without positives fill the parts by size.
 
-One module on purpose (about 540 lines): making, checking, storing, exporting and
+One module on purpose (about 580 lines): making, checking, storing, exporting and
 importing a split all share the one leakage rule and the stored layout.
 """
 

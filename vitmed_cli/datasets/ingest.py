@@ -6,6 +6,9 @@ each, the dataset flagged ``registration: incomplete`` until the last one is in)
 then fills the image cache (:mod:`vitmed_cli.datasets.cache`) in resumable
 batches: an interrupted ingest resumes where it stopped when run again with the
 same arguments, and a re-ingest whose labels changed is refused.
+
+One module on purpose (about 590 lines): registration and cache filling share the
+resumable batches, the dataset's incomplete flags and the re-ingest checks.
 """
 
 from __future__ import annotations

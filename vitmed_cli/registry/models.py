@@ -23,6 +23,9 @@ Conventions
   while runs or evaluations use it; deleting a run cascades to its metrics,
   checkpoints and evaluations, but is refused while another run starts from
   one of its checkpoints.
+
+One module on purpose (about 510 lines): the whole schema in one file, read as one, and
+the ``Base.metadata`` the migrations are checked against.
 """
 
 from __future__ import annotations

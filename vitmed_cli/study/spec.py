@@ -24,6 +24,9 @@ dataset is ingested once per size (the first size creates it, each other size ad
 that size to the same dataset), split once, and fine-tuned, scored and compared at each size
 (cell keys end in ``@SIZE``; runs at two sizes are never paired).  A list of one size is the
 same study as ``image_size``.  A stage init trained on such a dataset uses its first size.
+
+One module on purpose (about 520 lines): the study file's whole schema and its checks, so
+every key and its error message live side by side.
 """
 
 from __future__ import annotations
