@@ -76,7 +76,7 @@ def test_demo_refuses_to_reuse_a_registry(tmp_path):
 
 @pytest.mark.slow
 def test_source_pretraining_beats_random_at_default_settings(tmp_path):
-    """The demo's claim, at its default settings (about 1.5 minutes on 2 CPU cores)."""
+    """The demo's claim, at its default settings (about a minute on 2 CPU cores)."""
     res = run_demo(tmp_path / "demo", DemoSettings())
     pair = res.comparison["pairs"][0]
     by_label = {pair["evaluation_a"]: "a", pair["evaluation_b"]: "b"}

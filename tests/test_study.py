@@ -419,7 +419,9 @@ def _demo_plan_formula(spec) -> dict[str, str]:
 def test_a_one_size_study_keeps_its_cell_keys_and_hashes():
     from vitmed_cli.study import parse_study
 
-    text = preset_text("demo")
+    # the demo preset at 64 px, its default size when these hashes were pinned
+    text = demo_study_text(dataclasses.replace(DemoSettings(), image_size=64))
+    assert text == preset_text("demo").replace("image_size = 48", "image_size = 64")
     spec = parse_study(text, file="/study/s.toml", check_paths=False)
     plan = _plan(text)
     assert [c.key for c in plan] == [
