@@ -334,16 +334,18 @@ def _tiny_study(tmp_path: Path, *, epochs: int) -> Path:
 @pytest.mark.slow
 def test_demo_study_through_slurm_resumes_after_scancel_and_trains_nothing_twice(tmp_path, pg_registry_url):
     """The issue's check: the demo study through --executor slurm on PostgreSQL.  Each job asks
-    for every CPU of the node, so one runs and the next waits in Slurm's queue.  Mid-training one
+    for more than half of the node's CPUs, so one runs and the next waits in Slurm's queue (the
+    other tests' one-CPU jobs fit beside it).  Mid-training one
     fine-tuning job is cancelled with scancel and the study run itself is killed, while the next
     fine-tuning's job is held in the queue; study run again completes the matrix - waiting for the
     job left in the queue rather than submitting its cell again, resuming the cancelled run - and a
     third finds everything done."""
     need_slurm()
-    node_cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+    node_cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+                    .rstrip("+"))
     f, db = _tiny_study(tmp_path, epochs=6), pg_registry_url
     cmd = [sys.executable, "-m", "vitmed_cli", "--db", db, "study", "run", str(f), "--executor", "slurm",
-           "--cpus", node_cpus.rstrip("+"), "--json"]
+           "--cpus", str(node_cpus // 2 + 1), "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     reg = open_registry(db)
     try:
