@@ -204,6 +204,12 @@ def test_killed_study_run_resumes_completes_and_reports_over_seeds(tmp_path):
     plan = json.loads(runner.invoke(app, ["--db", db, "study", "plan", str(f), "--json"]).stdout)
     assert [(c["key"], c["state"], c["evaluation_id"]) for c in plan["cells"]] == [
         (c["key"], "done", c["evaluation_id"]) for c in status["cells"]]  # the plan shows what is done
+    # ... without checking a trained cell's image size again: a finished study's plan loads no torch
+    code = ("import runpy, sys\nsys.argv = ['vitmed', '--db', %r, 'study', 'plan', %r, '--json']\n"
+            "try:\n    runpy.run_module('vitmed_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'timm') if m in sys.modules], file=sys.stderr)") % (db, str(f))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert json.loads(out.stdout)["cells"] == plan["cells"] and out.stderr.splitlines()[-1] == "[]", out.stderr
 
     reg = open_registry(db)
     try:

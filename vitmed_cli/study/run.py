@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError, VitmedError
 from ..events import Listener, notice, progress, warning
 from ..registry.db import Registry
-from .cells import MAX_ATTEMPTS, cell_states, mark_attempt, mark_failed, run_cell, sync_study
+from .cells import MAX_ATTEMPTS, CellState, cell_states, mark_attempt, mark_failed, run_cell, sync_study
 from .executors import Executor, LocalExecutor, SlurmOptions, cell_argv, cell_env
 from .plan import LIGHT_STAGES, Cell, build_plan, check_image_sizes
 from .spec import StudySpec
@@ -100,11 +100,17 @@ def slurm_job_states(registry: Registry) -> Any:
     return SlurmJobStates(folder)
 
 
+def _not_trained(plan: list[Cell], states: dict[str, CellState]) -> list[Cell]:
+    """The cells whose image size still needs the patch check: a completed fine-tuning was checked
+    when it trained (so a finished study's plan and run do not import timm to check it again)."""
+    return [c for c in plan if not (c.stage == "finetune" and c.key in states and states[c.key].state == "done")]
+
+
 def study_plan(registry: Registry | None, spec: StudySpec) -> dict[str, Any]:
     """Every stage and cell with what it depends on, and (with a registry) its state there."""
     plan = build_plan(spec)
-    check_image_sizes(spec, plan)
     states = {st.key: st for st in cell_states(registry, spec, plan)} if registry is not None else {}
+    check_image_sizes(spec, _not_trained(plan, states))
     cells = []
     for c in plan:
         st = states.get(c.key)
@@ -161,7 +167,7 @@ def run_study(
     """
     started = time.perf_counter()
     plan = build_plan(spec)
-    check_image_sizes(spec, plan)
+    check_image_sizes(spec, _not_trained(plan, {st.key: st for st in cell_states(registry, spec, plan)}))
     by_key = {c.key: c for c in plan}
     sync_study(registry, spec, plan)
     if max_parallel is not None and max_parallel < 1:
