@@ -100,7 +100,7 @@ def status(ctx: typer.Context, file: FileArg, json_out: JsonOpt = False) -> None
 def run(
     ctx: typer.Context,
     file: FileArg,
-    executor: Annotated[ExecutorName, typer.Option("--executor", help="local: subprocesses here, one per free "
+    executor: Annotated[ExecutorName, typer.Option("--executor", help="local: processes here, one per free "
                                                   "GPU (one at a time on the CPU); slurm: one Slurm job per cell "
                                                   "(needs a PostgreSQL registry).")] = ExecutorName.local,
     max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", min=1, help="At most this many jobs at "
